@@ -1,0 +1,140 @@
+"""Settings for the Raynet ⇄ Outlook sync portal. Everything comes from the environment."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+from portal.database import database_config
+from portal.env import envbool, envint, envlist, envsecret, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = envbool("DEBUG", "True")
+SECRET_KEY = envsecret("SECRET_KEY", debug=DEBUG, dev_default="dev-only-insecure-secret-key")
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+
+# Fernet keys for secrets at rest, newest first: values are written with the
+# first key and read with any of them, so a new key can be put in front and old
+# rows re-encrypted with `manage.py rotate_secrets`.
+SECRET_ENCRYPTION_KEYS = envlist("SECRET_ENCRYPTION_KEYS") or (
+    [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()] if DEBUG else []
+)
+if not SECRET_ENCRYPTION_KEYS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SECRET_ENCRYPTION_KEYS is not set. It is required when DEBUG is off; see the configuration table in README.md."
+    )
+
+PUBLIC_BASE_URL = envstr("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+# The Microsoft app (multi-tenant, application permissions) that every organization consents to.
+MICROSOFT_CLIENT_ID = envstr("MICROSOFT_CLIENT_ID")
+MICROSOFT_CLIENT_SECRET = envstr("MICROSOFT_CLIENT_SECRET")
+# Graph base URL and authority host per cloud. The global cloud can be pointed elsewhere
+# (the sandbox in tests and demos) with GRAPH_BASE_URL and MICROSOFT_AUTHORITY_HOST.
+MICROSOFT_CLOUDS = {
+    "global": {
+        "graph": envstr("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0").rstrip("/"),
+        "authority": envstr("MICROSOFT_AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/"),
+    },
+    "usgov": {"graph": "https://graph.microsoft.us/v1.0", "authority": "https://login.microsoftonline.us"},
+    "china": {
+        "graph": "https://microsoftgraph.chinacloudapi.cn/v1.0",
+        "authority": "https://login.chinacloudapi.cn",
+    },
+}
+
+# Mass-delete guard: a run that would delete more than both of these for one
+# mailbox deletes nothing and flags the mailbox for an admin.
+MASS_DELETE_MIN_COUNT = envint("MASS_DELETE_MIN_COUNT", 10)
+MASS_DELETE_MIN_PERCENT = envint("MASS_DELETE_MIN_PERCENT", 25)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "allauth",
+    "allauth.account",
+    "django_q",
+    "syncapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": database_config(envstr("DATABASE_URL"), BASE_DIR / ".pgdata")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = envstr("ACCOUNT_EMAIL_VERIFICATION", "none" if DEBUG else "mandatory")
+LOGIN_REDIRECT_URL = "/"
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "sync@localhost")
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "static-collected"
+
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_TLS_PROXY", "False") else None
+
+# Background work: django-q2 with the ORM broker on the same PostgreSQL database.
+Q_CLUSTER = {
+    "name": "raysync",
+    "orm": "default",
+    "workers": envint("Q_WORKERS", 2),
+    "timeout": 600,
+    "retry": 720,
+    "max_attempts": 1,
+    "catch_up": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"syncapp": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")}},
+}

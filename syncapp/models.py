@@ -1,0 +1,361 @@
+"""The product's data. Every tenant table carries a NOT NULL organization FK."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from syncapp.secrets import EncryptedSecretField
+
+RAYNET_REGIONS = [
+    ("https://app.raynet.cz/api/v2/", "Raynet Czech Republic (app.raynet.cz)"),
+    ("https://app.raynetcrm.sk/api/v2/", "Raynet Slovakia (app.raynetcrm.sk)"),
+    ("https://app.raynetcrm.com/api/v2/", "Raynet international (app.raynetcrm.com)"),
+    ("https://eu.raynetcrm.com/api/v2/", "Raynet EU (eu.raynetcrm.com)"),
+]
+
+
+class Organization(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        VIEWER = "viewer", "Viewer"
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "user"], name="one_membership_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == self.Role.ADMIN
+
+
+class ConnectionStatus(models.TextChoices):
+    NEW = "new", "Not tested yet"
+    OK = "ok", "Working"
+    ERROR = "error", "Failing (retrying)"
+    DISABLED = "disabled", "Stopped: needs the admin"
+    PAUSED = "paused", "Paused: daily API budget spent"
+
+
+class ConnectionOutcome(models.Model):
+    """Outcome stored on the row: status, the last error in plain words, the last success."""
+
+    status = models.CharField(max_length=10, choices=ConnectionStatus.choices, default=ConnectionStatus.NEW)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def record_success(self) -> None:
+        self.status = ConnectionStatus.OK
+        self.last_error = ""
+        self.last_success_at = timezone.now()
+        self.save(update_fields=["status", "last_error", "last_success_at"])
+
+    def record_failure(self, message: str, *, permanent: bool) -> None:
+        self.status = ConnectionStatus.DISABLED if permanent else ConnectionStatus.ERROR
+        self.last_error = message
+        self.last_error_at = timezone.now()
+        self.save(update_fields=["status", "last_error", "last_error_at"])
+
+
+class RaynetConnection(ConnectionOutcome):
+    organization = models.OneToOneField(Organization, models.CASCADE, related_name="raynet")
+    instance_name = models.CharField(max_length=100, help_text="The X-Instance-Name of the Raynet CRM instance.")
+    api_base_url = models.URLField(default=RAYNET_REGIONS[0][0])
+    api_user_email = models.EmailField(help_text="Login e-mail of the Raynet user that owns the API key.")
+    api_key = EncryptedSecretField()
+    # Zone used for date-times Raynet returns without an offset (the API user's zone).
+    timezone = models.CharField(max_length=64, default="Europe/Prague")
+    # Daily request budget as last reported in the X-Ratelimit-* headers.
+    rate_limit_limit = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    # Watermark of the organization-wide change listing (rowInfo.lastModifiedAt).
+    changes_synced_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Raynet {self.instance_name}"
+
+    def is_paused(self) -> bool:
+        return self.paused_until is not None and self.paused_until > timezone.now()
+
+
+class MicrosoftConnection(ConnectionOutcome):
+    class Cloud(models.TextChoices):
+        GLOBAL = "global", "Microsoft 365 (global)"
+        USGOV = "usgov", "Microsoft 365 US Government"
+        CHINA = "china", "Microsoft 365 operated by 21Vianet"
+
+    class Consent(models.TextChoices):
+        NONE = "none", "Not granted yet"
+        GRANTED = "granted", "Granted"
+        REVOKED = "revoked", "Revoked or expired"
+
+    organization = models.OneToOneField(Organization, models.CASCADE, related_name="microsoft")
+    tenant_id = models.CharField(max_length=64, help_text="Microsoft Entra tenant id (a GUID).")
+    cloud = models.CharField(max_length=10, choices=Cloud.choices, default=Cloud.GLOBAL)
+    consent = models.CharField(max_length=10, choices=Consent.choices, default=Consent.NONE)
+
+    def __str__(self) -> str:
+        return f"Microsoft tenant {self.tenant_id}"
+
+    @property
+    def graph_base_url(self) -> str:
+        return settings.MICROSOFT_CLOUDS[self.cloud]["graph"]
+
+    @property
+    def authority_url(self) -> str:
+        return f"{settings.MICROSOFT_CLOUDS[self.cloud]['authority']}/{self.tenant_id}"
+
+
+class PrivateEventsMode(models.TextChoices):
+    STANDARD = "standard", "Sync like any other event"
+    TIME_BLOCKER = "time_blocker", "Sync only the time, titled “Time blocker”"
+    SKIP = "skip", "Do not sync"
+
+
+class DeletionMode(models.TextChoices):
+    CANCEL = "cancel", "Mark the Raynet activity CANCELLED"
+    DELETE = "delete", "Delete the Raynet activity"
+    IGNORE = "ignore", "Leave the Raynet activity as it is"
+
+
+class ConflictWinner(models.TextChoices):
+    LATEST = "latest", "The latest change wins"
+    RAYNET = "raynet", "Raynet always wins"
+    OUTLOOK = "outlook", "Outlook always wins"
+
+
+@dataclass(frozen=True)
+class EffectivePolicy:
+    private_events_mode: str
+    sync_completed: bool
+    deletion_mode: str
+    conflict_winner: str
+    window_days_back: int
+    window_days_ahead: int
+
+    def window(self, now=None) -> tuple:
+        now = now or timezone.now()
+        start = (now - timedelta(days=self.window_days_back)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, now + timedelta(days=self.window_days_ahead)
+
+
+class SyncPolicy(models.Model):
+    organization = models.OneToOneField(Organization, models.CASCADE, related_name="policy")
+    sync_enabled = models.BooleanField(default=False)
+    private_events_mode = models.CharField(
+        max_length=20, choices=PrivateEventsMode.choices, default=PrivateEventsMode.STANDARD
+    )
+    sync_completed = models.BooleanField(default=False)
+    deletion_mode = models.CharField(max_length=10, choices=DeletionMode.choices, default=DeletionMode.CANCEL)
+    conflict_winner = models.CharField(max_length=10, choices=ConflictWinner.choices, default=ConflictWinner.LATEST)
+    window_days_back = models.PositiveIntegerField(default=30)
+    window_days_ahead = models.PositiveIntegerField(default=365)
+
+    class Meta:
+        verbose_name_plural = "sync policies"
+
+    def __str__(self) -> str:
+        return f"Policy of {self.organization}"
+
+
+class UserMapping(models.Model):
+    class Health(models.TextChoices):
+        OK = "ok", "OK"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+        FLAGGED = "flagged", "Flagged: waiting for an admin"
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="mappings")
+    raynet_user_id = models.PositiveIntegerField(help_text="Raynet userAccount id.")
+    raynet_person_id = models.PositiveIntegerField(help_text="Raynet person id: the owner of the user's activities.")
+    raynet_email = models.EmailField()
+    outlook_user_id = models.CharField(max_length=64, help_text="Entra object id of the mailbox user.")
+    outlook_upn = models.CharField(max_length=254)
+    enabled = models.BooleanField(default=False)
+    # Per-user policy overrides; empty means "as the organization".
+    private_events_mode = models.CharField(max_length=20, choices=PrivateEventsMode.choices, blank=True)
+    sync_completed = models.BooleanField(null=True, blank=True)
+    deletion_mode = models.CharField(max_length=10, choices=DeletionMode.choices, blank=True)
+    conflict_winner = models.CharField(max_length=10, choices=ConflictWinner.choices, blank=True)
+
+    health = models.CharField(max_length=10, choices=Health.choices, default=Health.OK)
+    health_reason = models.TextField(blank=True)
+    # Set by an admin to let the next run carry out deletions the mass-delete guard held back.
+    mass_delete_approved = models.BooleanField(default=False)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    graph_delta_link = models.TextField(blank=True)
+    subscription_id = models.CharField(max_length=64, blank=True)
+    subscription_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "raynet_person_id"], name="one_mapping_per_raynet_person"),
+            models.UniqueConstraint(fields=["organization", "outlook_user_id"], name="one_mapping_per_mailbox"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.raynet_email} ⇄ {self.outlook_upn}"
+
+    def effective_policy(self, policy: SyncPolicy) -> EffectivePolicy:
+        return EffectivePolicy(
+            private_events_mode=self.private_events_mode or policy.private_events_mode,
+            sync_completed=policy.sync_completed if self.sync_completed is None else self.sync_completed,
+            deletion_mode=self.deletion_mode or policy.deletion_mode,
+            conflict_winner=self.conflict_winner or policy.conflict_winner,
+            window_days_back=policy.window_days_back,
+            window_days_ahead=policy.window_days_ahead,
+        )
+
+    def set_health(self, health: str, reason: str = "") -> None:
+        self.health = health
+        self.health_reason = reason
+        self.save(update_fields=["health", "health_reason"])
+
+
+class EventLink(models.Model):
+    """One Raynet activity ⇄ one Outlook event (or occurrence), with the state both had when last synced."""
+
+    class RaynetType(models.TextChoices):
+        MEETING = "meeting", "Meeting"
+        EVENT = "event", "Event"
+
+    class Origin(models.TextChoices):
+        RAYNET = "raynet", "Raynet"
+        OUTLOOK = "outlook", "Outlook"
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        FROZEN = "frozen", "Frozen (completed in Raynet)"
+        DELETED = "deleted", "Deleted"
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="links")
+    mapping = models.ForeignKey(UserMapping, models.CASCADE, related_name="links")
+    # Our own id for the pair: written to the Outlook extended property and the Raynet
+    # ext id before the first create, so a retried create finds what it already made.
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    raynet_type = models.CharField(max_length=10, choices=RaynetType.choices, default=RaynetType.EVENT)
+    raynet_id = models.PositiveIntegerField(null=True, blank=True)
+    outlook_event_id = models.CharField(max_length=255, null=True, blank=True)
+    ical_uid = models.CharField(max_length=512, blank=True)
+    series_master_id = models.CharField(max_length=255, blank=True)
+    raynet_hash = models.CharField(max_length=64, blank=True)
+    outlook_hash = models.CharField(max_length=64, blank=True)
+    raynet_updated_at = models.DateTimeField(null=True, blank=True)
+    outlook_change_key = models.CharField(max_length=255, blank=True)
+    # The attendee e-mails last written to Outlook: attendees are rewritten only when this set changes.
+    outlook_attendees = models.JSONField(default=list, blank=True)
+    origin = models.CharField(max_length=10, choices=Origin.choices)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "raynet_type", "raynet_id"],
+                condition=Q(raynet_id__isnull=False),
+                name="one_link_per_raynet_record",
+            ),
+            models.UniqueConstraint(
+                fields=["mapping", "outlook_event_id"],
+                condition=Q(outlook_event_id__isnull=False),
+                name="one_link_per_outlook_event",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "outlook_event_id"], name="link_by_outlook_id"),
+            models.Index(fields=["organization", "ical_uid"], name="link_by_ical_uid"),
+            models.Index(fields=["mapping", "series_master_id"], name="link_by_series"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.raynet_type} {self.raynet_id} ⇄ {self.outlook_event_id or '(not created)'}"
+
+
+class SyncRun(models.Model):
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        WEBHOOK = "webhook", "Webhook"
+        MANUAL = "manual", "Manual (portal)"
+        CLI = "cli", "Command line"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        OK = "ok", "OK"
+        PARTIAL = "partial", "Finished with errors"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="runs")
+    mapping = models.ForeignKey(UserMapping, models.CASCADE, null=True, blank=True, related_name="runs")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    # {"to_outlook": {"created": 2, ...}, "to_raynet": {...}}
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "-started_at"], name="run_by_org_time")]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.get_trigger_display()}, {self.status})"
+
+
+class SyncLogEntry(models.Model):
+    class Direction(models.TextChoices):
+        TO_OUTLOOK = "to_outlook", "Raynet → Outlook"
+        TO_RAYNET = "to_raynet", "Outlook → Raynet"
+        NONE = "none", "—"
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="log_entries")
+    run = models.ForeignKey(SyncRun, models.CASCADE, related_name="entries")
+    link = models.ForeignKey(EventLink, models.SET_NULL, null=True, blank=True, related_name="log_entries")
+    raynet_type = models.CharField(max_length=10, blank=True)
+    raynet_id = models.PositiveIntegerField(null=True, blank=True)
+    outlook_event_id = models.CharField(max_length=255, blank=True)
+    direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.NONE)
+    action = models.CharField(max_length=20)
+    reason = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "sync log entries"
+        indexes = [
+            models.Index(fields=["organization", "-created"], name="log_by_org_time"),
+            models.Index(fields=["organization", "raynet_id"], name="log_by_raynet_id"),
+            models.Index(fields=["organization", "outlook_event_id"], name="log_by_outlook_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action}: {self.reason}"

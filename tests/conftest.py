@@ -1,0 +1,47 @@
+"""Shared fixtures: two organizations with an admin, a viewer and an outsider."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from syncapp.models import Membership, Organization, SyncPolicy
+
+
+def make_user(email: str, **extra):
+    return get_user_model().objects.create_user(username=email, email=email, password="pw-for-tests", **extra)
+
+
+@pytest.fixture
+def org(db) -> Organization:
+    organization = Organization.objects.create(name="Acme s.r.o.")
+    SyncPolicy.objects.create(organization=organization, sync_enabled=True)
+    return organization
+
+
+@pytest.fixture
+def other_org(db) -> Organization:
+    organization = Organization.objects.create(name="Globex a.s.")
+    SyncPolicy.objects.create(organization=organization, sync_enabled=True)
+    return organization
+
+
+@pytest.fixture
+def admin_user(org):
+    user = make_user("alice@acme.test")
+    Membership.objects.create(organization=org, user=user, role=Membership.Role.ADMIN)
+    return user
+
+
+@pytest.fixture
+def viewer_user(org):
+    user = make_user("victor@acme.test")
+    Membership.objects.create(organization=org, user=user, role=Membership.Role.VIEWER)
+    return user
+
+
+@pytest.fixture
+def outsider(other_org):
+    user = make_user("otto@globex.test")
+    Membership.objects.create(organization=other_org, user=user, role=Membership.Role.ADMIN)
+    return user
