@@ -263,7 +263,8 @@ class EventLink(models.Model):
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     raynet_type = models.CharField(max_length=10, choices=RaynetType.choices, default=RaynetType.EVENT)
     raynet_id = models.PositiveIntegerField(null=True, blank=True)
-    outlook_event_id = models.CharField(max_length=255, null=True, blank=True)
+    # NULL until the Outlook event exists (the unique constraint must ignore not-yet-created links).
+    outlook_event_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     ical_uid = models.CharField(max_length=512, blank=True)
     series_master_id = models.CharField(max_length=255, blank=True)
     raynet_hash = models.CharField(max_length=64, blank=True)

@@ -13,7 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 
 import requests
 from django.db import connection
@@ -21,7 +21,7 @@ from django.db import connection
 logger = logging.getLogger("syncapp.providers")
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     AUTH = "auth"  # bad credentials, revoked consent, blocked: the admin must act
     PERMISSION = "permission"  # the account may not do this (or the mailbox is out of scope): the admin must act
     NOT_FOUND = "not_found"
