@@ -360,3 +360,13 @@ class SyncLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action}: {self.reason}"
+
+
+class SandboxState(models.Model):
+    """State of a sandbox (our fake Raynet or Graph) served over HTTP for the demo; not tenant data."""
+
+    name = models.CharField(max_length=200, unique=True)
+    data = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return self.name

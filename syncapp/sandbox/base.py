@@ -1,0 +1,212 @@
+"""Plumbing shared by the Raynet and Graph sandboxes: one implementation, two fronts.
+
+A sandbox is a class whose whole state (records, request log, pending faults) is
+one JSON-able dict, so the same code serves
+- fast tests, registered with `responses` (state in memory), and
+- the demo, served over HTTP by Django (`sandbox_view`), with the state kept in a
+  PostgreSQL row locked for each request, shared by web and worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+
+@dataclass
+class SandboxRequest:
+    method: str
+    path: str  # below the sandbox's base URL, without a leading slash: "meeting/12/"
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # keys lower-cased
+    body: bytes = b""
+    url: str = ""
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name.lower(), default)
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass
+class SandboxResponse:
+    status: int
+    body: Any = None  # dict/list → JSON, str → text, None → empty
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> tuple[bytes, str]:
+        if self.body is None:
+            return b"", self.headers.get("Content-Type", "text/plain")
+        if isinstance(self.body, str | bytes):
+            data = self.body.encode() if isinstance(self.body, str) else self.body
+            return data, self.headers.get("Content-Type", "text/plain; charset=utf-8")
+        return json.dumps(self.body).encode(), "application/json"
+
+
+class Sandbox:
+    """Base for a stateful fake API. Subclasses implement `dispatch` and the "act as a person" methods."""
+
+    name = "sandbox"
+
+    def __init__(self, state: dict | None = None) -> None:
+        self.state: dict = state if state is not None else self.initial_state()
+        self.state.setdefault("calls", [])
+        self.state.setdefault("faults", [])
+        self.lock = threading.RLock()
+
+    def initial_state(self) -> dict:
+        return {}
+
+    # --- request log, for API-call budgets -------------------------------------------------
+    def count(self, method: str | None = None, path: str | None = None) -> int:
+        """Requests seen, by method and a regular expression matched against the path."""
+        return sum(
+            1
+            for call_method, call_path in self.state["calls"]
+            if (method is None or call_method == method) and (path is None or re.search(path, call_path))
+        )
+
+    def reset_calls(self) -> None:
+        self.state["calls"].clear()
+
+    # --- fault injection ---------------------------------------------------------------------
+    def inject_fault(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        body: Any = None,
+        headers: dict | None = None,
+        delay: float = 0.0,
+        path: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """The next `times` matching requests fail with `status` (status 0: only slow, then served)."""
+        self.state["faults"].append(
+            {
+                "status": status,
+                "times": times,
+                "body": body,
+                "headers": headers or {},
+                "delay": delay,
+                "path": path,
+                "method": method,
+            }
+        )
+
+    def _take_fault(self, request: SandboxRequest) -> dict | None:
+        for fault in self.state["faults"]:
+            if fault["method"] and fault["method"] != request.method:
+                continue
+            if fault["path"] and not re.search(fault["path"], request.path):
+                continue
+            fault["times"] -= 1
+            if fault["times"] <= 0:
+                self.state["faults"].remove(fault)
+            return fault
+        return None
+
+    # --- the single entry point of both fronts -------------------------------------------------
+    def handle(self, request: SandboxRequest) -> SandboxResponse:
+        with self.lock:
+            self.state["calls"].append([request.method, request.path])
+            fault = self._take_fault(request)
+        if fault and fault["delay"]:
+            time.sleep(fault["delay"])
+        if fault and fault["status"]:
+            return SandboxResponse(fault["status"], fault["body"], dict(fault["headers"]))
+        return self.serve(request)
+
+    def serve(self, request: SandboxRequest) -> SandboxResponse:
+        """Answer one request; the default holds the lock for the whole request."""
+        with self.lock:
+            return self.dispatch(request)
+
+    def dispatch(self, request: SandboxRequest) -> SandboxResponse:
+        raise NotImplementedError
+
+
+def request_from_prepared(prepared, base_url: str) -> SandboxRequest:
+    """A SandboxRequest from a requests.PreparedRequest (the `responses` front)."""
+    parts = urlsplit(prepared.url)
+    base_path = urlsplit(base_url).path.rstrip("/")
+    body = prepared.body or b""
+    return SandboxRequest(
+        method=prepared.method,
+        path=parts.path[len(base_path) :].lstrip("/"),
+        query=parse_qs(parts.query, keep_blank_values=True),
+        headers={k.lower(): v for k, v in prepared.headers.items()},
+        body=body.encode() if isinstance(body, str) else body,
+        url=prepared.url,
+    )
+
+
+def register_with_responses(rsps, base_url: str, sandbox: Sandbox) -> None:
+    """Route every request below `base_url` to the sandbox, on a `responses.RequestsMock`."""
+
+    def callback(prepared):
+        reply = sandbox.handle(request_from_prepared(prepared, base_url))
+        data, content_type = reply.encoded()
+        headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-type"}
+        headers["Content-Type"] = content_type
+        return reply.status, headers, data
+
+    pattern = re.compile(re.escape(base_url.rstrip("/")) + r"(/.*)?$")
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        rsps.add_callback(method, pattern, callback=callback)
+
+
+@contextmanager
+def stored_sandbox(sandbox_class: type[Sandbox], key: str) -> Iterator[Sandbox]:
+    """A sandbox whose state lives in PostgreSQL, locked for the duration (HTTP front)."""
+    from syncapp.models import SandboxState
+
+    with transaction.atomic():
+        row, _ = SandboxState.objects.select_for_update().get_or_create(
+            name=f"{sandbox_class.name}:{key}", defaults={"data": {}}
+        )
+        sandbox = sandbox_class(row.data or None)
+        yield sandbox
+        row.data = sandbox.state
+        row.save(update_fields=["data"])
+
+
+def make_sandbox_view(sandbox_class: type[Sandbox]):
+    """A Django view serving `sandbox_class` below the URL it is mounted at (`<path:path>`)."""
+
+    @csrf_exempt
+    def view(request: HttpRequest, key: str, path: str = "") -> HttpResponse:
+        sandbox_request = SandboxRequest(
+            method=request.method,
+            path=path,
+            query={k: request.GET.getlist(k) for k in request.GET},
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=request.body,
+            url=request.build_absolute_uri(),
+        )
+        with stored_sandbox(sandbox_class, key) as sandbox:
+            reply = sandbox.handle(sandbox_request)
+        data, content_type = reply.encoded()
+        response = HttpResponse(data, status=reply.status, content_type=content_type)
+        for name, value in reply.headers.items():
+            if name.lower() != "content-type":
+                response[name] = value
+        return response
+
+    return view
