@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import responses
 from django.contrib.auth import get_user_model
 
 from syncapp.models import Membership, Organization, SyncPolicy
+
+# Sandbox fixtures (raynet_sandbox, raynet_connection, outlook_sandbox, outlook_connection) live beside.
+pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures"]
+
+
+@pytest.fixture
+def http_mock():
+    """All HTTP of a test goes to the sandboxes registered here; anything else is an error."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
 
 
 def make_user(email: str, **extra):

@@ -13,6 +13,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 
 import requests
@@ -66,6 +67,14 @@ class ProviderError(Exception):
 
     def __repr__(self) -> str:
         return f"ProviderError({self.kind.value}, {self.status}, {self.message!r})"
+
+
+@dataclass(frozen=True)
+class ConnectionCheck:
+    """The result of a connection test, in plain words for the portal's connect form."""
+
+    ok: bool
+    message: str
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,0 +1,1 @@
+"""Fixtures for the Graph (Outlook) sandbox: see issue 4."""

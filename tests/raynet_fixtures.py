@@ -1,0 +1,1 @@
+"""Fixtures for the Raynet sandbox: see issue 3."""
