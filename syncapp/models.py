@@ -96,8 +96,6 @@ class RaynetConnection(ConnectionOutcome):
     rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
     paused_until = models.DateTimeField(null=True, blank=True)
-    # Watermark of the organization-wide change listing (rowInfo.lastModifiedAt).
-    changes_synced_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Raynet {self.instance_name}"
@@ -212,6 +210,10 @@ class UserMapping(models.Model):
     mass_delete_approved = models.BooleanField(default=False)
     last_synced_at = models.DateTimeField(null=True, blank=True)
     graph_delta_link = models.TextField(blank=True)
+    # First day of the window the delta link was opened for: the window moves daily, which needs a new link.
+    graph_delta_window_start = models.DateField(null=True, blank=True)
+    # Raynet changes (rowInfo.lastModifiedAt) up to this instant have been synced; empty = read the whole window.
+    raynet_cursor = models.DateTimeField(null=True, blank=True)
     subscription_id = models.CharField(max_length=64, blank=True)
     subscription_expires_at = models.DateTimeField(null=True, blank=True)
 
@@ -273,6 +275,9 @@ class EventLink(models.Model):
     outlook_change_key = models.CharField(max_length=255, blank=True)
     # The attendee e-mails last written to Outlook: attendees are rewritten only when this set changes.
     outlook_attendees = models.JSONField(default=list, blank=True)
+    # When the event was scheduled at the last sync: tells a deletion from an event that left the window.
+    starts_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
     origin = models.CharField(max_length=10, choices=Origin.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
     created = models.DateTimeField(default=timezone.now)
