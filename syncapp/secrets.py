@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 
 MASK = "••••••••"
 
@@ -54,8 +55,17 @@ def decrypt(token: str) -> str:
         ) from None
 
 
+class SecretAttribute(DeferredAttribute):
+    """Wraps whatever is assigned in a Secret, so a row built from a plain str never shows it either."""
+
+    def __set__(self, instance, value) -> None:
+        instance.__dict__[self.field.attname] = self.field.to_python(value)
+
+
 class EncryptedSecretField(models.TextField):
     """Stores a Secret as a Fernet token; reads give a Secret back, never a plain str."""
+
+    descriptor_class = SecretAttribute
 
     def from_db_value(self, value, expression, connection):
         if value is None:
