@@ -244,8 +244,13 @@ class MappingSync:
                 "recovered", "Found the Outlook event an interrupted run had created.", direction=TO_OUTLOOK, link=link
             )
             return
-        link.delete()  # nothing was made: the activity is exported again below as a new one
-        self.links_by_raynet.pop((link.raynet_type, link.raynet_id), None)
+        # Nothing was made: make it now from the activity as it is today (it may be gone meanwhile).
+        activity = self.raynet.get_activity(link.raynet_type, link.raynet_id)
+        if activity is None:
+            self.links_by_raynet.pop((link.raynet_type, link.raynet_id), None)
+            link.delete()
+        else:
+            self.create_in_outlook(link, activity)
 
     def finish_raynet_create(self, link: EventLink) -> None:
         found = self.raynet.find_by_ext_id(link.raynet_type, raynet_ext_id(link))
@@ -258,8 +263,14 @@ class MappingSync:
                 "recovered", "Found the Raynet activity an interrupted run had created.", direction=TO_RAYNET, link=link
             )
             return
-        link.delete()  # nothing was made: the event is imported again below as a new one
-        self.links_by_outlook.pop(link.outlook_event_id, None)
+        # Nothing was made: make it now from the event as it is today (it may be gone meanwhile).
+        event = self.outlook.get_event(self.mapping.outlook_user_id, link.outlook_event_id)
+        owner_id = self.owner_for(event, exclude=link) if event is not None else None
+        if owner_id is None:
+            self.links_by_outlook.pop(link.outlook_event_id, None)
+            link.delete()
+        else:
+            self.create_in_raynet(link, event, owner_id)
 
     # --- deciding -----------------------------------------------------------------------------------
     def reconcile_safely(self, pair: Pair) -> None:
@@ -387,7 +398,7 @@ class MappingSync:
             return "skipped: outside the sync window"
         return ""
 
-    def owner_for(self, event: dict) -> int | None:
+    def owner_for(self, event: dict, exclude: EventLink | None = None) -> int | None:
         """Raynet owner of an Outlook event: the mailbox's user, or for an invitation, its organizer."""
         if event.get("isOrganizer", True):
             return self.mapping.raynet_person_id
@@ -395,6 +406,7 @@ class MappingSync:
         existing = (
             EventLink.objects.filter(organization_id=self.mapping.organization_id, ical_uid=event.get("iCalUId") or "-")
             .exclude(state=DELETED)
+            .exclude(pk=exclude.pk if exclude else None)
             .first()
         )
         if existing is not None:
@@ -514,6 +526,15 @@ class MappingSync:
         self.create_in_outlook(link, activity)
 
     def export_skip_reason(self, activity: dict) -> str:
+        elsewhere = (
+            EventLink.objects.filter(
+                organization_id=self.mapping.organization_id, raynet_type=activity["_entity"], raynet_id=activity["id"]
+            )
+            .select_related("mapping")
+            .first()
+        )
+        if elsewhere is not None:
+            return f"skipped: already synced with the mailbox of {elsewhere.mapping.outlook_upn}"
         status = activity.get("status")
         if status == "CANCELLED":
             return "skipped: cancelled in Raynet"

@@ -36,23 +36,30 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
     raynet, outlook = make_clients(organization)
     directory = RaynetDirectory(raynet)
     read_at = timezone.now()
-    incremental = [m for m in mappings if m.raynet_cursor and not full]
+    incremental = [m for m in mappings if not full and not needs_window_read(m)]
     try:
         changes = fetch_raynet_changes(raynet, since=min((m.raynet_cursor for m in incremental), default=None))
     except ProviderError as error:
         return [failed_run(m, trigger, error) for m in mappings]
-    return [
-        sync_mapping(
-            mapping=mapping,
-            trigger=trigger,
-            full=full,
-            clients=(raynet, outlook),
-            directory=directory,
-            raynet_changes=changes.get(mapping.raynet_person_id, []) if mapping in incremental else None,
-            read_at=read_at,
-        )
-        for mapping in mappings
-    ]
+    runs = []
+    for mapping in mappings:
+        batch = changes.get(mapping.raynet_person_id, []) if mapping in incremental else None
+        try:
+            runs.append(
+                sync_mapping(
+                    mapping=mapping,
+                    trigger=trigger,
+                    full=full,
+                    clients=(raynet, outlook),
+                    directory=directory,
+                    raynet_changes=batch,
+                    read_at=read_at,
+                )
+            )
+        except Exception:
+            # Recorded on the run and the mapping by sync_mapping; the other mailboxes still sync.
+            logger.exception("sync of %s stopped on an internal error", mapping)
+    return runs
 
 
 def fetch_raynet_changes(raynet, *, since: datetime | None) -> dict[int, list[dict]]:
@@ -89,7 +96,7 @@ def sync_mapping(
         read_at = read_at or timezone.now()
         log = RunLog(SyncRun.objects.create(organization_id=mapping.organization_id, mapping=mapping, trigger=trigger))
         try:
-            if raynet_changes is None and mapping.raynet_cursor and not full:
+            if raynet_changes is None and not full and not needs_window_read(mapping):
                 raynet_changes = [
                     a
                     for entity in ("meeting", "event")
@@ -102,6 +109,10 @@ def sync_mapping(
             )
         except (SideFailed, ProviderError) as failure:
             return fail(mapping, log, failure)
+        except Exception as exc:
+            mapping.set_health(UserMapping.Health.ERROR, "The sync stopped on an internal error; support is notified.")
+            log.finish(SyncRun.Status.FAILED, f"Internal error: {exc!r}")
+            raise
         if released:
             mapping.raynet_cursor = read_at
         mapping.last_synced_at = timezone.now()
@@ -109,6 +120,12 @@ def sync_mapping(
             mapping.health, mapping.health_reason = health_after(log)
         mapping.save()
         return log.finish()
+
+
+def needs_window_read(mapping: UserMapping) -> bool:
+    """Raynet keeps no tombstones: once a day (and first of all) a mapping reads its whole window."""
+    window_start = mapping.effective_policy(mapping.organization.policy).window()[0]
+    return mapping.raynet_cursor is None or mapping.graph_delta_window_start != window_start.date()
 
 
 def engine_for(mapping, raynet, outlook, log, directory) -> MappingSync:
