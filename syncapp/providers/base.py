@@ -111,6 +111,9 @@ def concurrency_slot(namespace: str, key: str, limit: int, *, poll: float = 0.05
 class ProviderSession:
     """One requests.Session per connection, with the retry policy both providers share."""
 
+    # A class attribute, so tests can replace it for every session at once (tests/raynet_fixtures.py).
+    sleep: Callable[[float], None] = time.sleep
+
     def __init__(
         self,
         *,
@@ -132,7 +135,6 @@ class ProviderSession:
         self.max_attempts = max_attempts
         self.max_wait = max_wait
         self.on_response = on_response
-        self.sleep: Callable[[float], None] = time.sleep
 
     def url(self, path: str) -> str:
         return path if path.startswith("https://") or path.startswith("http://") else self.base_url + path.lstrip("/")

@@ -1,0 +1,883 @@
+"""A stateful fake of the Raynet CRM REST API v2, as far as a calendar sync uses it.
+
+It follows the "Checklist for the fake server" (§9) of /work/shared/reference/raynet-api.md and
+pins every response shape to the examples of Raynet's own OpenAPI spec
+(/work/shared/reference/raynet-openapi-calendar.json). Where the docs say UNCONFIRMED it takes the
+stricter reading, so a client that works here does not depend on luck:
+- PUT (create) drops the fields the create schema lacks (status, personal, meetingPlace, participants,
+  customFields): reference §3 "Not in the create schema".
+- List rows carry no `owner` and their participants no `id`, exactly as the list examples.
+- Date-times have minute precision, also with `dateFormat=ISO8601` (reference §4, last bullet).
+
+State is one JSON-able dict (ISO strings, string keys), so the HTTP front can keep it in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote
+from zoneinfo import ZoneInfo
+
+from django.utils import timezone
+
+from syncapp.sandbox.base import Sandbox, SandboxRequest, SandboxResponse
+
+ENTITIES = ("meeting", "event")
+ENTITY_NAMES = {"meeting": "Meeting", "event": "Event"}
+PRIORITIES = {"MINOR", "DEFAULT", "CRITICAL"}
+STATUSES = {"NEW", "SCHEDULED", "COMPLETED", "CANCELLED"}
+DATETIME_FIELDS = ("scheduledFrom", "scheduledTill", "completed")
+REFERENCE_FIELDS = ("category", "company", "person", "lead", "businessCase", "offer", "salesOrder", "project")
+# Create (PUT) schema, reference §3: status, personal, meetingPlace, participants and customFields are not in it.
+CREATE_FIELDS = {
+    "meeting": {"title", "priority", "owner", "activity", "securityLevel", "description", "solution", "tags"}
+    | set(REFERENCE_FIELDS)
+    | set(DATETIME_FIELDS),
+    "event": {"title", "priority", "owner", "activity", "securityLevel", "description", "tags"}
+    | set(REFERENCE_FIELDS)
+    | set(DATETIME_FIELDS),
+}
+UPDATE_FIELDS = {
+    "meeting": (CREATE_FIELDS["meeting"] - {"owner", "person"})
+    | {"status", "personal", "meetingPlace", "customFields", "participants"},
+    "event": (CREATE_FIELDS["event"] - {"owner", "person"})
+    | {"status", "personal", "meetingPlace", "customFields", "participants"},
+}
+# Key order and key sets of the OpenAPI examples: list rows (GET /meeting/) and detail (GET /meeting/{id}/).
+LIST_KEYS = {
+    "meeting": "id title personal status priority category activity company person lead project businessCase "
+    "offer salesOrder scheduledFrom scheduledTill completed description solution tags rowInfo.createdAt "
+    "rowInfo.createdBy rowInfo.updatedAt rowInfo.updatedBy rowInfo.rowAccess rowInfo.rowState securityLevel "
+    "_version customFields participants recurrence meetingPlace companyAddress".split(),
+}
+LIST_KEYS["event"] = [key for key in LIST_KEYS["meeting"] if key != "solution"]
+DETAIL_KEYS = {
+    "meeting": "id title category priority status personal owner company lead businessCase offer salesOrder "
+    "project activity scheduledFrom scheduledTill completed description solution meetingPlace tags "
+    "rowInfo.createdAt rowInfo.createdBy rowInfo.updatedAt rowInfo.updatedBy rowInfo.rowAccess "
+    "rowInfo.rowState securityLevel extIds customFields participants recurrence".split(),
+}
+DETAIL_KEYS["event"] = [key for key in DETAIL_KEYS["meeting"] if key != "solution"]
+PERSON_KEYS = (
+    "id titleBefore firstName lastName titleAfter primaryRelationship owner contactInfo privateAddress category "
+    "personClassification1 personClassification2 personClassification3 salutation birthday language "
+    "maritalStatus gender companyAddress customFields rowInfo.createdAt rowInfo.createdBy rowInfo.updatedAt "
+    "rowInfo.updatedBy rowInfo.rowAccess rowInfo.rowState securityLevel notice activeUserAccount keyman tags "
+    "_version inlineGdpr".split()
+)
+OPERATORS = {"EQ", "EQ_OR_NULL", "NE", "NE_OR_NULL", "LT", "LE", "GT", "GE", "LIKE", "LIKE_NOCASE", "IN", "NOT_IN"}
+LIST_PARAMETERS = {"offset", "limit", "sortColumn", "sortDirection", "dateFormat", "view", "fulltext"}
+FILTER_KEY = re.compile(r"^(?P<column>[^\[\]]+)(?:\[(?P<op>[A-Z_]+)\])?$")
+MAX_LIMIT = 1000  # reference §4: "The largest page is 1000"
+DEFAULT_LIMIT = 20  # UNCONFIRMED; S6 says 20
+FAILED_LOGINS_BEFORE_BLOCK = 20  # reference §1: more than 20 wrong credentials block the IP for 60 minutes
+REQUEST_LIMIT_BODY = {
+    "type": "RequestLimitReached",
+    "message": "API request limit reached. See the X-RateLimit-* headers and check out the API documentation "
+    "for more details.",
+}
+ACCESS_DENIED_BODY = {
+    "message": "AttributeAccessDeniedException",
+    "translatedMessage": "Nemáte dostatečná oprávnění pro tuto operaci.",
+}
+
+
+class BadRequest(Exception):
+    """Answered as 400 with Raynet's error body."""
+
+
+# --- date-times --------------------------------------------------------------------------------------
+
+
+def to_minute(instant: datetime) -> datetime:
+    return instant.replace(second=0, microsecond=0)
+
+
+def parse_raynet_datetime(value: Any, zone: ZoneInfo) -> datetime | None:
+    """Raynet accepts `yyyy-MM-dd HH:mm` in the user's zone and ISO 8601 (reference §2, Dates and times)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise BadRequest(f"Invalid date-time value: {value}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)
+
+
+def render_datetime(stored: str | None, zone: ZoneInfo, iso: bool) -> str | None:
+    if not stored:
+        return None
+    local = to_minute(datetime.fromisoformat(stored)).astimezone(zone)
+    return local.isoformat(timespec="milliseconds") if iso else local.strftime("%Y-%m-%d %H:%M")
+
+
+def zone_enum(zone_name: str) -> str:
+    """`Europe/Prague` → `EUROPE_PRAGUE`, as GET /userAccount/{id}/ shows it."""
+    return zone_name.upper().replace("/", "_")
+
+
+# --- filters -------------------------------------------------------------------------------------------
+
+
+def like_pattern(raw: str, nocase: bool) -> re.Pattern:
+    """`%` is the only wildcard the docs name (reference §4)."""
+    return re.compile(".*".join(re.escape(part) for part in raw.split("%")), re.IGNORECASE if nocase else 0)
+
+
+def matches(value: Any, op: str, raw: str, convert: Callable[[str], Any]) -> bool:
+    """One `column[OP]=raw` filter against a record's value; an empty EQ/NE value tests for empty."""
+    if op in ("EQ", "NE") and raw == "":
+        return (value in (None, "", [])) == (op == "EQ")
+    if op in ("EQ_OR_NULL", "NE_OR_NULL") and value is None:
+        return True
+    if op in ("IN", "NOT_IN"):
+        found = value in {convert(part.strip()) for part in raw.split(",")}
+        return found == (op == "IN")
+    if value is None:
+        return op in ("NE",)
+    if op in ("LIKE", "LIKE_NOCASE"):
+        return bool(like_pattern(raw, op == "LIKE_NOCASE").fullmatch(str(value)))
+    wanted = convert(raw)
+    return {
+        "EQ": value == wanted,
+        "EQ_OR_NULL": value == wanted,
+        "NE": value != wanted,
+        "NE_OR_NULL": value != wanted,
+        "LT": value < wanted,
+        "LE": value <= wanted,
+        "GT": value > wanted,
+        "GE": value >= wanted,
+    }[op]
+
+
+def as_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"Invalid number: {raw}") from None
+
+
+class RaynetSandbox(Sandbox):
+    """The fake Raynet. Tests drive it like a person in Raynet's UI (`add_user`, `ui_create_activity`, ...)."""
+
+    name = "raynet"
+
+    def __init__(
+        self,
+        state: dict | None = None,
+        *,
+        instance: str = "sandbox",
+        daily_limit: int = 24000,
+        max_connections: int = 4,
+    ) -> None:
+        super().__init__(state)
+        self.state.setdefault("instance", instance)
+        self.state.setdefault("daily_limit", daily_limit)
+        self.state.setdefault("max_connections", max_connections)
+        # In-flight requests are a property of this process, not of the stored state.
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.concurrency_rejections = 0
+        self._in_flight_lock = threading.Lock()
+
+    def initial_state(self) -> dict:
+        return {
+            "now": None,  # ISO instant; None = the real clock
+            "budget": {"day": "", "used": 0},
+            "budget_status": 429,  # 503 = the 2021 docs' answer (reference §6)
+            "failed_logins": 0,
+            "blocked_until": None,
+            "next_id": 1,
+            "api_keys": {},
+            "users": {},
+            "persons": {},
+            "records": {entity: {} for entity in ENTITIES},
+            "denials": [],
+        }
+
+    # --- the test clock ------------------------------------------------------------------------
+    def now(self) -> datetime:
+        stored = self.state.get("now")
+        return datetime.fromisoformat(stored) if stored else timezone.now()
+
+    def set_now(self, instant: datetime) -> None:
+        self.state["now"] = instant.astimezone(UTC).isoformat()
+
+    def advance(self, delta: timedelta) -> None:
+        self.set_now(self.now() + delta)
+
+    def _now_iso(self) -> str:
+        return self.now().astimezone(UTC).isoformat()
+
+    def _new_id(self) -> int:
+        new_id = self.state["next_id"]
+        self.state["next_id"] += 1
+        return new_id
+
+    # --- configuration and faults ----------------------------------------------------------------
+    def set_daily_limit(self, limit: int, *, used: int | None = None) -> None:
+        self.state["daily_limit"] = limit
+        if used is not None:
+            self._budget()["used"] = used
+
+    def deny_permission(
+        self, *, user: str | None = None, method: str | None = None, path: str | None = None, times: int | None = None
+    ) -> None:
+        """Matching requests get Raynet's permission error: 500 AttributeAccessDeniedException (reference §6)."""
+        self.state["denials"].append({"user": user, "method": method, "path": path, "times": times})
+
+    # --- acting as a person in Raynet's UI (no request counted) ---------------------------------
+    def add_person(self, email: str, full_name: str) -> int:
+        person_id = self._new_id()
+        first, _, last = full_name.partition(" ")
+        self.state["persons"][str(person_id)] = {
+            "id": person_id,
+            "firstName": first,
+            "lastName": last,
+            "email": email,
+            "email2": None,
+            "userAccount": None,
+            "createdAt": self._now_iso(),
+            "updatedAt": self._now_iso(),
+            "_version": 1,
+        }
+        return person_id
+
+    def add_user(
+        self,
+        email: str,
+        full_name: str,
+        *,
+        api_key: str | None = None,
+        zone: str = "Europe/Prague",
+        role: str = "ADMIN",
+    ) -> tuple[int, int]:
+        """A user account (login `email`) and its person; `api_key` lets it call the API."""
+        person_id = self.add_person(email, full_name)
+        user_id = self._new_id()
+        self.state["users"][str(user_id)] = {
+            "id": user_id,
+            "username": email,
+            "email2": None,
+            "person": person_id,
+            "userRole": role,
+            "timezone": zone,
+            "createdAt": self._now_iso(),
+            "updatedAt": self._now_iso(),
+            "_version": 1,
+        }
+        self.state["persons"][str(person_id)]["userAccount"] = user_id
+        if api_key:
+            self.state["api_keys"][email] = api_key
+        return user_id, person_id
+
+    def ui_create_activity(
+        self, entity: str, owner_person_id: int, title: str, start: datetime, end: datetime, **fields: Any
+    ) -> int:
+        """`fields` in stored form; `participants` may be a list of person ids; date-times may be datetimes."""
+        participants = fields.pop("participants", [])
+        record = self._new_record(entity, owner_person_id, self._user_of(owner_person_id))
+        record.update(title=title, status="SCHEDULED")
+        self._set_ui_fields(record, {"scheduledFrom": start, "scheduledTill": end, **fields})
+        for person_id in participants:
+            record["participants"].append(self._participant(person_id))
+        return record["id"]
+
+    def ui_edit_activity(self, entity: str, activity_id: int, **fields: Any) -> None:
+        record = self._record(entity, activity_id)
+        if "participants" in fields:
+            wanted = fields.pop("participants")
+            record["participants"] = [p for p in record["participants"] if p["owner"]]
+            record["participants"] += [self._participant(person_id) for person_id in wanted]
+        self._set_ui_fields(record, fields)
+        self._bump(record, self._user_of(record["owner"]))
+
+    def ui_complete_activity(self, entity: str, activity_id: int) -> None:
+        self.ui_edit_activity(entity, activity_id, status="COMPLETED", completed=self.now())
+
+    def ui_cancel_activity(self, entity: str, activity_id: int) -> None:
+        self.ui_edit_activity(entity, activity_id, status="CANCELLED", completed=self.now())
+
+    def ui_delete_activity(self, entity: str, activity_id: int) -> None:
+        del self.state["records"][entity][str(activity_id)]
+
+    # --- readers for tests -------------------------------------------------------------------------
+    def activity(self, entity: str, activity_id: int) -> dict | None:
+        return self.state["records"][entity].get(str(activity_id))
+
+    def activities(self, entity: str) -> list[dict]:
+        return list(self.state["records"][entity].values())
+
+    # --- records -----------------------------------------------------------------------------------
+    def _record(self, entity: str, activity_id: int | str) -> dict:
+        return self.state["records"][entity][str(activity_id)]
+
+    def _user_of(self, person_id: int) -> str:
+        person = self.state["persons"].get(str(person_id)) or {}
+        return person.get("email") or "(unknown)"
+
+    def _person_name(self, person_id: int | None) -> str | None:
+        person = self.state["persons"].get(str(person_id))
+        return f"{person['firstName']} {person['lastName']}".strip() if person else None
+
+    def _new_record(self, entity: str, owner_id: int, author: str) -> dict:
+        record_id = self._new_id()
+        record = {
+            "id": record_id,
+            "title": "",
+            "priority": "DEFAULT",
+            "status": "NEW",
+            "personal": False,
+            "owner": owner_id,
+            **{name: None for name in REFERENCE_FIELDS + DATETIME_FIELDS},
+            "activity": None,
+            "securityLevel": 1,
+            "description": None,
+            "solution": None,
+            "meetingPlace": None,
+            "tags": [],
+            "customFields": {},
+            # Raynet lists the owner as a participant too (see the detail example in the OpenAPI spec).
+            "participants": [{**self._participant(owner_id), "owner": True, "role": "FROM"}],
+            "extIds": [],
+            "_version": 1,
+            "createdAt": self._now_iso(),
+            "createdBy": author,
+            "updatedAt": self._now_iso(),
+            "updatedBy": author,
+            "rowState": None,
+        }
+        self.state["records"][entity][str(record_id)] = record
+        return record
+
+    def _participant(self, person_id: int | None, **fields: Any) -> dict:
+        return {
+            "id": self._new_id(),
+            "owner": bool(fields.get("owner", False)),
+            "role": fields.get("role"),
+            "person": person_id,
+            "company": fields.get("company"),
+            "lead": fields.get("lead"),
+        }
+
+    def _set_ui_fields(self, record: dict, fields: dict) -> None:
+        for name, value in fields.items():
+            if name in DATETIME_FIELDS:
+                instant = parse_raynet_datetime(value, self._zone_of(record["owner"]))
+                value = to_minute(instant).isoformat() if instant else None
+            record[name] = value
+
+    def _bump(self, record: dict, author: str) -> None:
+        record["updatedAt"] = self._now_iso()
+        record["updatedBy"] = author
+        record["_version"] += 1
+
+    def _zone_of(self, person_id: int | None) -> ZoneInfo:
+        for user in self.state["users"].values():
+            if user["person"] == person_id:
+                return ZoneInfo(user["timezone"])
+        return ZoneInfo("Europe/Prague")
+
+    # --- rendering ---------------------------------------------------------------------------------
+    def _reference(self, name: str, value: int | None) -> dict | None:
+        if value is None:
+            return None
+        if name == "category":
+            return {"id": value, "value": f"Category {value}"}
+        if name in ("person", "owner"):
+            return {"id": value, "fullName": self._person_name(value)}
+        if name in ("businessCase", "offer", "salesOrder"):
+            return {"id": value, "code": f"{name}-{value}", "name": f"{name} {value}"}
+        if name == "securityLevel":
+            return {"id": value, "name": "Sdílená" if value == 1 else f"Level {value}"}
+        return {"id": value, "name": f"{name} {value}"}
+
+    def _render_participant(self, participant: dict, *, with_id: bool) -> dict:
+        rendered = {key: participant[key] for key in ("owner", "role")}
+        rendered["name"] = self._person_name(participant["person"])
+        rendered.update({key: participant[key] for key in ("person", "company", "lead")})
+        return {"id": participant["id"], **rendered} if with_id else rendered
+
+    def _render_activity(self, entity: str, record: dict, *, detail: bool, zone: ZoneInfo, iso: bool) -> dict:
+        values = {
+            **record,
+            **{name: self._reference(name, record[name]) for name in (*REFERENCE_FIELDS, "securityLevel", "owner")},
+            **{name: render_datetime(record[name], zone, iso) for name in DATETIME_FIELDS},
+            "activity": {"id": record["activity"]} if record["activity"] else None,
+            "rowInfo.createdAt": render_datetime(record["createdAt"], zone, iso),
+            "rowInfo.createdBy": record["createdBy"],
+            "rowInfo.updatedAt": render_datetime(record["updatedAt"], zone, iso),
+            "rowInfo.updatedBy": record["updatedBy"],
+            "rowInfo.rowAccess": None,
+            "rowInfo.rowState": record["rowState"],
+            "customFields": record["customFields"] or None,
+            "participants": [self._render_participant(p, with_id=detail) for p in record["participants"]],
+            "recurrence": None,  # recurrence is not modelled (reference §3: read-only, UNCONFIRMED)
+            "companyAddress": None,
+            "extIds": list(record["extIds"]) or None,
+        }
+        return {key: values[key] for key in (DETAIL_KEYS if detail else LIST_KEYS)[entity]}
+
+    def _render_row_info(self, record: dict, zone: ZoneInfo, iso: bool) -> dict:
+        """`view=rowInfo`: "only status fields (created, modified, version…)"; the exact shape is UNCONFIRMED."""
+        return {
+            "id": record["id"],
+            "_version": record["_version"],
+            "rowInfo.createdAt": render_datetime(record["createdAt"], zone, iso),
+            "rowInfo.createdBy": record.get("createdBy"),
+            "rowInfo.updatedAt": render_datetime(record["updatedAt"], zone, iso),
+            "rowInfo.updatedBy": record.get("updatedBy"),
+            "rowInfo.rowAccess": None,
+            "rowInfo.rowState": record.get("rowState"),
+        }
+
+    def _render_person(self, person: dict, zone: ZoneInfo, iso: bool) -> dict:
+        values = dict.fromkeys(PERSON_KEYS)
+        values.update(
+            id=person["id"],
+            firstName=person["firstName"],
+            lastName=person["lastName"],
+            contactInfo={
+                "email": person["email"],
+                "email2": person["email2"],
+                "tel1": None,
+                "tel1Type": None,
+                "tel2": None,
+                "tel2Type": None,
+                "www": None,
+                "otherContact": None,
+            },
+            activeUserAccount=person["userAccount"] is not None,
+            keyman=False,
+            tags=[],
+            _version=person["_version"],
+            securityLevel=self._reference("securityLevel", 1),
+        )
+        values["rowInfo.createdAt"] = render_datetime(person["createdAt"], zone, iso)
+        values["rowInfo.updatedAt"] = render_datetime(person["updatedAt"], zone, iso)
+        return values
+
+    def _render_user(self, user: dict, *, detail: bool, zone: ZoneInfo, iso: bool) -> dict:
+        rendered = {
+            "id": user["id"],
+            "_version": user["_version"],
+            "username": user["username"],
+            "person": self._reference("person", user["person"]),
+            "userRole": user["userRole"],
+        }
+        if detail:
+            rendered.update(
+                email2=user["email2"],
+                timezone=zone_enum(user["timezone"]),
+                dateFormat="DAY_MONTH_YEAR",
+                timeFormat="HOUR24",
+                startWeekDay="MONDAY",
+                twoFactorEnabled=False,
+            )
+        rendered["rowInfo.createdAt"] = render_datetime(user["createdAt"], zone, iso)
+        rendered["rowInfo.createdBy"] = "(unknown)"
+        rendered["rowInfo.updatedAt"] = render_datetime(user["updatedAt"], zone, iso)
+        rendered["rowInfo.updatedBy"] = "(unknown)"
+        return rendered
+
+    # --- the request pipeline ------------------------------------------------------------------------
+    def handle(self, request: SandboxRequest) -> SandboxResponse:
+        """Count connections in flight (a 5th gets 429, reference §6) and put X-Ratelimit-* on every answer."""
+        with self._in_flight_lock:
+            rejected = self.in_flight >= self.state["max_connections"]
+            if rejected:
+                self.concurrency_rejections += 1
+            else:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if rejected:
+            with self.lock:
+                self.state["calls"].append([request.method, request.path])
+                body = {"message": f"Too many concurrent connections (limit {self.state['max_connections']})."}
+                return self._with_rate_limit_headers(SandboxResponse(429, body))
+        try:
+            response = super().handle(request)
+        finally:
+            with self._in_flight_lock:
+                self.in_flight -= 1
+        with self.lock:
+            return self._with_rate_limit_headers(response)
+
+    def _budget(self) -> dict:
+        today = self.now().astimezone(UTC).date().isoformat()
+        if self.state["budget"]["day"] != today:  # the daily limit counts midnight to midnight UTC
+            self.state["budget"] = {"day": today, "used": 0}
+        return self.state["budget"]
+
+    def _reset_timestamp(self) -> int:
+        tomorrow = self.now().astimezone(UTC).date() + timedelta(days=1)
+        return int(datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC).timestamp())
+
+    def _with_rate_limit_headers(self, response: SandboxResponse) -> SandboxResponse:
+        remaining = max(0, self.state["daily_limit"] - self._budget()["used"])
+        response.headers.setdefault("X-Ratelimit-Limit", str(self.state["daily_limit"]))
+        response.headers.setdefault("X-Ratelimit-Remaining", str(remaining))
+        response.headers.setdefault("X-Ratelimit-Reset", str(self._reset_timestamp()))
+        return response
+
+    def dispatch(self, request: SandboxRequest) -> SandboxResponse:
+        user, refusal = self._authenticate(request)
+        if refusal:
+            return refusal
+        budget = self._budget()
+        if budget["used"] >= self.state["daily_limit"]:
+            body = dict(REQUEST_LIMIT_BODY)
+            if self.state["budget_status"] == 503:
+                body["documentation_url"] = "https://app.raynet.cz/api/doc/"
+            return SandboxResponse(self.state["budget_status"], body)
+        budget["used"] += 1
+        if self._denied(user, request):
+            return SandboxResponse(500, dict(ACCESS_DENIED_BODY))
+        try:
+            return self._route(request, user)
+        except BadRequest as error:
+            return SandboxResponse(400, {"message": str(error)})
+
+    def _authenticate(self, request: SandboxRequest) -> tuple[dict | None, SandboxResponse | None]:
+        """Basic auth with the login e-mail and an API key, plus X-Instance-Name (reference §1)."""
+        blocked_until = self.state["blocked_until"]
+        if blocked_until and datetime.fromisoformat(blocked_until) > self.now():
+            message = "Too many failed login attempts: this IP address is blocked for 60 minutes."
+            return None, SandboxResponse(403, {"message": message})
+        username, key = self._basic_credentials(request.header("Authorization"))
+        user = next((u for u in self.state["users"].values() if u["username"] == username), None)
+        if (
+            user is None
+            or not key
+            or self.state["api_keys"].get(username) != key
+            or request.header("X-Instance-Name") != self.state["instance"]
+        ):
+            self.state["failed_logins"] += 1
+            if self.state["failed_logins"] > FAILED_LOGINS_BEFORE_BLOCK:
+                self.state["blocked_until"] = (self.now() + timedelta(minutes=60)).isoformat()
+            return None, SandboxResponse(401, {"message": "Unauthorized: invalid credentials or instance name."})
+        return user, None
+
+    @staticmethod
+    def _basic_credentials(header: str) -> tuple[str, str]:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return "", ""
+        try:
+            username, _, key = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return "", ""
+        return username, key
+
+    def _denied(self, user: dict, request: SandboxRequest) -> bool:
+        for denial in self.state["denials"]:
+            if denial["user"] and denial["user"] != user["username"]:
+                continue
+            if denial["method"] and denial["method"] != request.method:
+                continue
+            if denial["path"] and not re.search(denial["path"], request.path):
+                continue
+            if denial["times"] is not None:
+                denial["times"] -= 1
+                if denial["times"] <= 0:
+                    self.state["denials"].remove(denial)
+            return True
+        return False
+
+    def _route(self, request: SandboxRequest, user: dict) -> SandboxResponse:
+        zone = ZoneInfo(user["timezone"])
+        iso = request.arg("dateFormat") == "ISO8601"
+        path, method = request.path, request.method
+        entities = "|".join(ENTITIES)
+        if match := re.fullmatch(rf"({entities})/", path):
+            if method == "GET":
+                return self._list_activities(match[1], request, zone, iso)
+            if method == "PUT":
+                return self._create_activity(match[1], request.json() or {}, user, zone)
+        elif match := re.fullmatch(rf"({entities})/(\d+)/", path):
+            entity, activity_id = match[1], match[2]
+            if activity_id not in self.state["records"][entity]:
+                return self._not_found(entity, activity_id)
+            if method == "GET":
+                record = self._record(entity, activity_id)
+                return self._detail(self._render_activity(entity, record, detail=True, zone=zone, iso=iso))
+            if method == "POST":
+                return self._update_activity(entity, activity_id, request.json() or {}, user, zone)
+            if method == "DELETE":
+                del self.state["records"][entity][activity_id]
+                return SandboxResponse(200)
+        elif match := re.fullmatch(rf"({entities})/(\d+)/extId/(?:(.+?)/?)?", path):
+            return self._ext_id(match[1], match[2], match[3], request)
+        elif match := re.fullmatch(rf"({entities})/ext/(.+)/", path):
+            record = self._find_by_ext_id(match[1], unquote(match[2]))
+            if record is None:
+                return self._not_found(match[1], unquote(match[2]))
+            return self._detail(self._render_activity(match[1], record, detail=True, zone=zone, iso=iso))
+        elif path == "activity/" and method == "GET":
+            return self._list_all_activities(request, zone, iso)
+        elif path == "userAccount/" and method == "GET":
+            return self._list_users(request, zone, iso)
+        elif (match := re.fullmatch(r"userAccount/(\d+)/", path)) and method == "GET":
+            user_account = self.state["users"].get(match[1])
+            if user_account is None:
+                return self._not_found("userAccount", match[1])
+            return self._detail(self._render_user(user_account, detail=True, zone=zone, iso=iso))
+        elif path == "person/" and method == "GET":
+            return self._list_persons(request, zone, iso)
+        elif (match := re.fullmatch(r"person/(\d+)/", path)) and method == "GET":
+            person = self.state["persons"].get(match[1])
+            if person is None:
+                return self._not_found("person", match[1])
+            return self._detail(self._render_person(person, zone, iso))
+        return SandboxResponse(404, {"message": f"No endpoint {method} /{path}"})
+
+    @staticmethod
+    def _detail(data: dict) -> SandboxResponse:
+        return SandboxResponse(200, {"success": "true", "data": data})  # detail: the string "true" (§2)
+
+    @staticmethod
+    def _not_found(entity: str, key: str) -> SandboxResponse:
+        return SandboxResponse(404, {"message": f"{entity} with id {key} was not found"})
+
+    # --- lists -------------------------------------------------------------------------------------------
+    def _activity_columns(self, zone: ZoneInfo) -> dict[str, tuple[Callable[[dict], Any], Callable[[str], Any]]]:
+        def instant(name: str) -> Callable[[dict], Any]:
+            return lambda r: to_minute(datetime.fromisoformat(r[name])) if r[name] else None
+
+        def as_instant(raw: str) -> datetime | None:
+            value = parse_raynet_datetime(raw, zone)
+            return to_minute(value) if value else None
+
+        # rowInfo.lastModifiedAt is "created or updated"; all date filters have minute precision (§4).
+        return {
+            "id": (lambda r: r["id"], as_int),
+            "title": (lambda r: r["title"], str),
+            "status": (lambda r: r["status"], str),
+            "owner-id": (lambda r: r["owner"], as_int),
+            "category-id": (lambda r: r["category"], as_int),
+            "businessCase": (lambda r: r["businessCase"], as_int),
+            "scheduledFrom": (instant("scheduledFrom"), as_instant),
+            "scheduledTill": (instant("scheduledTill"), as_instant),
+            "completed": (instant("completed"), as_instant),
+            "rowInfo.createdAt": (instant("createdAt"), as_instant),
+            "rowInfo.updatedAt": (instant("updatedAt"), as_instant),
+            "rowInfo.lastModifiedAt": (instant("updatedAt"), as_instant),
+        }
+
+    def _activity_predicates(self) -> dict[str, Callable[[dict, str], bool]]:
+        """Filters that take a plain value and no operator (reference §4)."""
+        return {
+            "personFilter": lambda r, raw: as_int(raw) in {p["person"] for p in r["participants"]},
+            "companyContextFilter": lambda r, raw: (
+                as_int(raw) in {r["company"], *(p["company"] for p in r["participants"])}
+            ),
+            "leadContextFilter": lambda r, raw: as_int(raw) in {r["lead"], *(p["lead"] for p in r["participants"])},
+            "tags": lambda r, raw: bool({t.strip() for t in raw.split(",")} & set(r["tags"])),
+            "fulltext": lambda r, raw: raw.lower() in f"{r['title']} {r['description'] or ''}".lower(),
+        }
+
+    def _filtered(
+        self,
+        rows: Iterable[dict],
+        request: SandboxRequest,
+        columns: dict[str, tuple[Callable[[dict], Any], Callable[[str], Any]]],
+        predicates: dict[str, Callable[[dict, str], bool]],
+    ) -> list[dict]:
+        rows = list(rows)
+        for key, values in request.query.items():
+            if key in LIST_PARAMETERS and key not in predicates:
+                continue
+            parsed = FILTER_KEY.match(key)
+            column, op = (parsed["column"], parsed["op"] or "EQ") if parsed else (key, "EQ")
+            if column in predicates and (parsed and not parsed["op"]):
+                rows = [row for row in rows if all(predicates[column](row, raw) for raw in values)]
+                continue
+            if column not in columns:
+                raise BadRequest(f"Unsupported filter column {column}")
+            if op not in OPERATORS:
+                raise BadRequest(f"Unsupported filter operator {op} for column {column}")
+            getter, convert = columns[column]
+            rows = [row for row in rows if all(matches(getter(row), op, raw, convert) for raw in values)]
+        return rows
+
+    def _page(
+        self, rows: list[dict], request: SandboxRequest, sort_columns: dict[str, Callable[[dict], Any]]
+    ) -> tuple[int, list[dict]]:
+        sort_column = request.arg("sortColumn")
+        if sort_column is not None and sort_column not in sort_columns:
+            raise BadRequest(f"Unsupported sort column {sort_column}")
+        key = sort_columns[sort_column] if sort_column else (lambda row: row["id"])
+        rows.sort(key=lambda row: (key(row) is None, key(row) or 0), reverse=request.arg("sortDirection") == "DESC")
+        offset = as_int(request.arg("offset") or "0")
+        limit = min(as_int(request.arg("limit") or str(DEFAULT_LIMIT)), MAX_LIMIT)
+        return len(rows), rows[offset : offset + limit]
+
+    def _activity_sort_columns(self) -> dict[str, Callable[[dict], Any]]:
+        columns = {name: (lambda n: lambda r: r[n])(name) for name in ("id", "title", "status", *DATETIME_FIELDS)}
+        columns.update(
+            {
+                "rowInfo.createdAt": lambda r: r["createdAt"],
+                "rowInfo.updatedAt": lambda r: r["updatedAt"],
+                "rowInfo.lastModifiedAt": lambda r: r["updatedAt"],
+                "owner": lambda r: r["owner"],
+                "category": lambda r: r["category"],
+                "tags": lambda r: ",".join(r["tags"]),
+            }
+        )
+        return columns
+
+    def _list_activities(self, entity: str, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+        rows = self._filtered(
+            self.state["records"][entity].values(), request, self._activity_columns(zone), self._activity_predicates()
+        )
+        total, page = self._page(rows, request, self._activity_sort_columns())
+        if request.arg("view") == "rowInfo":
+            data = [self._render_row_info(record, zone, iso) for record in page]
+        else:
+            data = [self._render_activity(entity, record, detail=False, zone=zone, iso=iso) for record in page]
+        return SandboxResponse(200, {"success": True, "totalCount": total, "data": data})  # list: boolean (§2)
+
+    def _list_all_activities(self, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+        """GET /activity/: every type, read-only, each row with `_entityName` (reference §3)."""
+        tagged = [(entity, record) for entity in ENTITIES for record in self.state["records"][entity].values()]
+        by_id = {record["id"]: entity for entity, record in tagged}
+        rows = self._filtered(
+            [r for _, r in tagged], request, self._activity_columns(zone), self._activity_predicates()
+        )
+        total, page = self._page(rows, request, self._activity_sort_columns())
+        data = [
+            {
+                "_entityName": ENTITY_NAMES[by_id[r["id"]]],
+                **self._render_activity(by_id[r["id"]], r, detail=False, zone=zone, iso=iso),
+            }
+            for r in page
+        ]
+        return SandboxResponse(200, {"success": True, "totalCount": total, "data": data})
+
+    def _list_users(self, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+        columns = {
+            "id": (lambda u: u["id"], as_int),
+            "username": (lambda u: u["username"], str),
+            "userRole": (lambda u: u["userRole"], str),
+        }
+        rows = self._filtered(self.state["users"].values(), request, columns, {})
+        total, page = self._page(
+            rows,
+            request,
+            {"username": lambda u: u["username"], "userRole": lambda u: u["userRole"]},  # the spec's sort enum
+        )
+        data = [self._render_user(user, detail=False, zone=zone, iso=iso) for user in page]
+        return SandboxResponse(200, {"success": "true", "totalCount": total, "data": data})  # as the example
+
+    def _list_persons(self, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+        columns = {
+            "contactInfo.email": (lambda p: p["email"], str),
+            "contactInfo.email2": (lambda p: p["email2"], str),
+            "userAccount-id": (lambda p: p["userAccount"], as_int),
+            "firstName": (lambda p: p["firstName"], str),
+            "lastName": (lambda p: p["lastName"], str),
+        }
+        rows = self._filtered(self.state["persons"].values(), request, columns, {})
+        sort_columns = {name: (lambda n: lambda p: p[n])(name) for name in ("id", "firstName", "lastName")}
+        total, page = self._page(rows, request, sort_columns)
+        data = [self._render_person(person, zone, iso) for person in page]
+        return SandboxResponse(200, {"success": "true", "totalCount": total, "data": data})  # as the example
+
+    # --- writes ------------------------------------------------------------------------------------------
+    def _create_activity(self, entity: str, body: dict, user: dict, zone: ZoneInfo) -> SandboxResponse:
+        missing = [name for name in ("title", "priority", "owner") if body.get(name) in (None, "")]
+        if missing:
+            raise BadRequest(f"Missing required field(s): {', '.join(missing)}")
+        if str(body["owner"]) not in self.state["persons"]:
+            raise BadRequest(f"Person with id {body['owner']} was not found")
+        record = self._new_record(entity, int(body["owner"]), user["username"])
+        fields = {name: value for name, value in body.items() if name in CREATE_FIELDS[entity] - {"owner"}}
+        self._apply_fields(record, fields, zone)
+        if record["person"]:  # "ID of the contact that is a participant of the meeting" (create schema)
+            record["participants"].append(self._participant(record["person"]))
+        record["status"] = "SCHEDULED" if record["scheduledFrom"] else "NEW"  # UNCONFIRMED (reference §3)
+        return SandboxResponse(201, {"success": True, "data": {"id": record["id"]}})
+
+    def _update_activity(
+        self, entity: str, activity_id: str, body: dict, user: dict, zone: ZoneInfo
+    ) -> SandboxResponse:
+        if "owner" in body:  # S7: sending owner on POST returns 403 (reference §3, Update schema)
+            return SandboxResponse(403, {"message": "Field owner cannot be changed by update."})
+        record = self._record(entity, activity_id)
+        participants = body.get("participants")
+        fields = {name: value for name, value in body.items() if name in UPDATE_FIELDS[entity] - {"participants"}}
+        self._apply_fields(record, fields, zone)
+        if participants:
+            self._apply_participant_ops(record, participants)
+        if record["status"] not in ("COMPLETED", "CANCELLED"):
+            record["completed"] = None  # `completed` only takes effect with those statuses (reference §3)
+        self._bump(record, user["username"])
+        return SandboxResponse(200, {"success": True})
+
+    def _apply_fields(self, record: dict, fields: dict, zone: ZoneInfo) -> None:
+        if fields.get("priority", "DEFAULT") not in PRIORITIES:
+            raise BadRequest(f"Invalid priority {fields['priority']}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise BadRequest(f"Invalid status {fields['status']}")
+        for name, value in fields.items():
+            if name in DATETIME_FIELDS:
+                instant = parse_raynet_datetime(value, zone)
+                value = to_minute(instant).isoformat() if instant else None
+            elif name == "tags" and isinstance(value, str):  # the update schema says "aaa, bbb"
+                value = [tag.strip() for tag in value.split(",") if tag.strip()]
+            elif name == "customFields":
+                value = {**record["customFields"], **(value or {})}
+                value = {key: item for key, item in value.items() if item not in (None, "")}
+            elif name == "personal":
+                value = str(value).lower() in ("true", "on", "yes", "1")  # reference §2, Booleans
+            record[name] = value
+
+    def _apply_participant_ops(self, record: dict, operations: list[dict]) -> None:
+        """No id = add, negative id = delete, positive id = modify (reference §3, participant rules)."""
+        for operation in operations:
+            participant_id = operation.get("id")
+            if participant_id is None:
+                fields = {k: operation.get(k) for k in ("owner", "role", "company", "lead")}
+                record["participants"].append(self._participant(operation.get("person"), **fields))
+                continue
+            existing = next((p for p in record["participants"] if p["id"] == abs(participant_id)), None)
+            if existing is None:
+                raise BadRequest(f"Participant with id {abs(participant_id)} was not found")
+            if participant_id < 0:
+                record["participants"].remove(existing)
+            else:
+                existing.update(
+                    {k: v for k, v in operation.items() if k in ("owner", "role", "person", "company", "lead")}
+                )
+
+    def _ext_id(self, entity: str, activity_id: str, ext_id: str | None, request: SandboxRequest) -> SandboxResponse:
+        if activity_id not in self.state["records"][entity]:
+            return self._not_found(entity, activity_id)
+        record = self._record(entity, activity_id)
+        if request.method == "PUT" and ext_id is None:
+            new_ext_id = str((request.json() or {}).get("extId") or "")
+            owner = self._find_by_ext_id(entity, new_ext_id)
+            if not new_ext_id or (owner is not None and owner is not record):
+                raise BadRequest(f"Invalid or already used extId {new_ext_id}")
+            if new_ext_id not in record["extIds"]:
+                if len(record["extIds"]) >= 10:  # reference §2: "A record can have up to 10"
+                    raise BadRequest("A record can have at most 10 extIds")
+                record["extIds"].append(new_ext_id)
+            return SandboxResponse(200, {"success": "true"})
+        if request.method == "DELETE" and ext_id is not None:
+            record["extIds"] = [value for value in record["extIds"] if value != unquote(ext_id)]
+            return SandboxResponse(200, {"success": "true"})
+        return SandboxResponse(404, {"message": f"No endpoint {request.method} /{request.path}"})
+
+    def _find_by_ext_id(self, entity: str, ext_id: str) -> dict | None:
+        return next((r for r in self.state["records"][entity].values() if ext_id in r["extIds"]), None)
