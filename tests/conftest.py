@@ -19,6 +19,12 @@ def http_mock():
         yield rsps
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """The production hasher takes ~0.5 s per user on purpose; tests create many users."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def make_user(email: str, **extra):
     return get_user_model().objects.create_user(username=email, email=email, password="pw-for-tests", **extra)
 
