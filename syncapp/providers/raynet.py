@@ -392,13 +392,16 @@ class RaynetClient:
     def _pause(self, error: ProviderError) -> None:
         """Pause the connection until the budget resets (X-Ratelimit-Reset, else next midnight UTC)."""
         now = timezone.now()
-        if error.retry_after is not None:
+        reset_at = self.connection.rate_limit_reset_at  # this very response's X-Ratelimit-Reset
+        if reset_at is not None and reset_at > now:
+            until = reset_at
+        elif error.retry_after:
             until = now + timedelta(seconds=error.retry_after)
-        else:
+        else:  # the old 503 may come without headers; the budget counts midnight to midnight UTC
             until = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
         self.connection.paused_until = until
         self.connection.rate_limit_remaining = 0
-        self.connection.save(update_fields=["paused_until", "rate_limit_remaining"])
+        self.connection.save(update_fields=["paused_until", "rate_limit_remaining", "rate_limit_reset_at"])
         logger.warning("Raynet %s: daily request budget spent, paused until %s", self.connection.instance_name, until)
 
     def _serialize(self, fields: dict) -> dict:

@@ -63,12 +63,28 @@ DETAIL_KEYS = {
     "rowInfo.rowState securityLevel extIds customFields participants recurrence".split(),
 }
 DETAIL_KEYS["event"] = [key for key in DETAIL_KEYS["meeting"] if key != "solution"]
-PERSON_KEYS = (
+PERSON_LIST_KEYS = (
     "id titleBefore firstName lastName titleAfter primaryRelationship owner contactInfo privateAddress category "
     "personClassification1 personClassification2 personClassification3 salutation birthday language "
     "maritalStatus gender companyAddress customFields rowInfo.createdAt rowInfo.createdBy rowInfo.updatedAt "
     "rowInfo.updatedBy rowInfo.rowAccess rowInfo.rowState securityLevel notice activeUserAccount keyman tags "
     "_version inlineGdpr".split()
+)
+PERSON_DETAIL_KEYS = (
+    "id titleBefore firstName lastName titleAfter owner category primaryRelationship personClassification1 "
+    "personClassification2 personClassification3 salutation birthday language maritalStatus gender contactInfo "
+    "socialNetworkContact privateAddress customFields rowInfo.createdAt rowInfo.updatedAt rowInfo.rowAccess "
+    "rowInfo.rowState securityLevel notice photo activeUserAccount tags _version attachments relationships "
+    "inlineGdpr keyman originLead".split()
+)
+USER_LIST_KEYS = "id _version username person userRole rowInfo.createdAt rowInfo.createdBy rowInfo.updatedAt "
+USER_LIST_KEYS = (USER_LIST_KEYS + "rowInfo.updatedBy").split()
+USER_DETAIL_KEYS = (
+    "id _version person username email2 userRole personRecordFilter listExportPermission detailReportPermission "
+    "googleContactsPermission bulkOperationPermission codelistEditPermission editOnlyOwnedRecordsPermission "
+    "onlyLockRecordsPermission deletePermissionConfig twoFactorEnabled timezone dateFormat timeFormat "
+    "startWeekDay securityLevels securityProfile rowInfo.createdAt rowInfo.createdBy rowInfo.updatedAt "
+    "rowInfo.updatedBy".split()
 )
 OPERATORS = {"EQ", "EQ_OR_NULL", "NE", "NE_OR_NULL", "LT", "LE", "GT", "GE", "LIKE", "LIKE_NOCASE", "IN", "NOT_IN"}
 LIST_PARAMETERS = {"offset", "limit", "sortColumn", "sortDirection", "dateFormat", "view", "fulltext"}
@@ -441,54 +457,61 @@ class RaynetSandbox(Sandbox):
             "rowInfo.rowState": record.get("rowState"),
         }
 
-    def _render_person(self, person: dict, zone: ZoneInfo, iso: bool) -> dict:
-        values = dict.fromkeys(PERSON_KEYS)
+    def _render_person(self, person: dict, *, detail: bool, zone: ZoneInfo, iso: bool) -> dict:
+        values = dict.fromkeys(PERSON_DETAIL_KEYS + PERSON_LIST_KEYS)
         values.update(
-            id=person["id"],
-            firstName=person["firstName"],
-            lastName=person["lastName"],
-            contactInfo={
-                "email": person["email"],
-                "email2": person["email2"],
-                "tel1": None,
-                "tel1Type": None,
-                "tel2": None,
-                "tel2Type": None,
-                "www": None,
-                "otherContact": None,
-            },
-            activeUserAccount=person["userAccount"] is not None,
-            keyman=False,
-            tags=[],
-            _version=person["_version"],
-            securityLevel=self._reference("securityLevel", 1),
+            {
+                "id": person["id"],
+                "firstName": person["firstName"],
+                "lastName": person["lastName"],
+                "contactInfo": {
+                    "email": person["email"],
+                    "email2": person["email2"],
+                    "tel1": None,
+                    "tel1Type": None,
+                    "tel2": None,
+                    "tel2Type": None,
+                    "www": None,
+                    "otherContact": None,
+                },
+                "activeUserAccount": person["userAccount"] is not None,
+                "keyman": False,
+                "tags": [],
+                "attachments": [],
+                "relationships": [],
+                "inlineGdpr": [],
+                "_version": person["_version"],
+                "securityLevel": self._reference("securityLevel", 1),
+                "rowInfo.createdAt": render_datetime(person["createdAt"], zone, iso),
+                "rowInfo.updatedAt": render_datetime(person["updatedAt"], zone, iso),
+            }
         )
-        values["rowInfo.createdAt"] = render_datetime(person["createdAt"], zone, iso)
-        values["rowInfo.updatedAt"] = render_datetime(person["updatedAt"], zone, iso)
-        return values
+        return {key: values[key] for key in (PERSON_DETAIL_KEYS if detail else PERSON_LIST_KEYS)}
 
     def _render_user(self, user: dict, *, detail: bool, zone: ZoneInfo, iso: bool) -> dict:
-        rendered = {
-            "id": user["id"],
-            "_version": user["_version"],
-            "username": user["username"],
-            "person": self._reference("person", user["person"]),
-            "userRole": user["userRole"],
-        }
-        if detail:
-            rendered.update(
-                email2=user["email2"],
-                timezone=zone_enum(user["timezone"]),
-                dateFormat="DAY_MONTH_YEAR",
-                timeFormat="HOUR24",
-                startWeekDay="MONDAY",
-                twoFactorEnabled=False,
-            )
-        rendered["rowInfo.createdAt"] = render_datetime(user["createdAt"], zone, iso)
-        rendered["rowInfo.createdBy"] = "(unknown)"
-        rendered["rowInfo.updatedAt"] = render_datetime(user["updatedAt"], zone, iso)
-        rendered["rowInfo.updatedBy"] = "(unknown)"
-        return rendered
+        values = dict.fromkeys(USER_DETAIL_KEYS)
+        values.update(
+            {
+                "id": user["id"],
+                "_version": user["_version"],
+                "username": user["username"],
+                "email2": user["email2"],
+                "person": self._reference("person", user["person"]),
+                "userRole": user["userRole"],
+                "timezone": zone_enum(user["timezone"]),
+                "dateFormat": "DAY_MONTH_YEAR",
+                "timeFormat": "HOUR24",
+                "startWeekDay": "MONDAY",
+                "twoFactorEnabled": False,
+                "securityLevels": [self._reference("securityLevel", 1)],
+                "rowInfo.createdAt": render_datetime(user["createdAt"], zone, iso),
+                "rowInfo.createdBy": "(unknown)",
+                "rowInfo.updatedAt": render_datetime(user["updatedAt"], zone, iso),
+                "rowInfo.updatedBy": "(unknown)",
+            }
+        )
+        values.update(dict.fromkeys([key for key in USER_DETAIL_KEYS if key.endswith("Permission")], True))
+        return {key: values[key] for key in (USER_DETAIL_KEYS if detail else USER_LIST_KEYS)}
 
     # --- the request pipeline ------------------------------------------------------------------------
     def handle(self, request: SandboxRequest) -> SandboxResponse:
@@ -638,7 +661,7 @@ class RaynetSandbox(Sandbox):
             person = self.state["persons"].get(match[1])
             if person is None:
                 return self._not_found("person", match[1])
-            return self._detail(self._render_person(person, zone, iso))
+            return self._detail(self._render_person(person, detail=True, zone=zone, iso=iso))
         return SandboxResponse(404, {"message": f"No endpoint {method} /{path}"})
 
     @staticmethod
@@ -790,7 +813,7 @@ class RaynetSandbox(Sandbox):
         rows = self._filtered(self.state["persons"].values(), request, columns, {})
         sort_columns = {name: (lambda n: lambda p: p[n])(name) for name in ("id", "firstName", "lastName")}
         total, page = self._page(rows, request, sort_columns)
-        data = [self._render_person(person, zone, iso) for person in page]
+        data = [self._render_person(person, detail=False, zone=zone, iso=iso) for person in page]
         return SandboxResponse(200, {"success": "true", "totalCount": total, "data": data})  # as the example
 
     # --- writes ------------------------------------------------------------------------------------------
