@@ -12,6 +12,7 @@ from syncapp.providers.outlook import (
     LINK_PROPERTY_ID,
     PREFER,
     OutlookClient,
+    graph_attendee,
     graph_datetime,
     link_uid_of,
     text_body,
@@ -212,6 +213,26 @@ def test_a_repeated_transaction_id_returns_the_event_already_created(client, ali
 # --- updating, deleting, cancelling --------------------------------------------------------------------
 
 
+def test_a_retried_meeting_create_sends_one_invitation(client, alice, bob, outlook_sandbox):
+    outlook_sandbox.inject_fault(502, path=r"events$", method="POST")
+
+    client.create_event(alice, new_event(attendees=[graph_attendee("bob@acme.test")]), link_uid="link-1")
+
+    assert [(m["kind"], m["to"]) for m in outlook_sandbox.sent_mail] == [("invitation", "bob@acme.test")]
+    assert len(outlook_sandbox.events(bob)) == 1
+
+
+def test_moving_an_occurrence_past_its_neighbour_is_a_validation_error(client, alice, outlook_sandbox):
+    series = outlook_sandbox.person_create_event(alice, "Standup", at(2), at(2, 10), recurrence=daily(5))
+    second = client.list_instances(alice, series, *WINDOW)[1]
+
+    with pytest.raises(ProviderError) as caught:
+        client.update_event(alice, second["id"], {"start": graph_datetime(at(4, 9)), "end": graph_datetime(at(4, 10))})
+
+    assert caught.value.kind == ErrorKind.VALIDATION
+    assert caught.value.code == "ErrorOccurrenceCrossingBoundary"
+
+
 def test_update_event_patches_and_returns_the_new_version(client, alice, http_mock):
     created = client.create_event(alice, new_event(), link_uid="link-1")
 
@@ -253,7 +274,7 @@ def test_delete_event_is_fine_when_the_event_is_already_gone(client, alice, outl
 
 
 def test_cancel_event_sends_the_comment_and_cancels_the_meeting(client, alice, bob, outlook_sandbox, http_mock):
-    created = client.create_event(alice, new_event(attendees=[attendee("bob@acme.test")]), link_uid="link-1")
+    created = client.create_event(alice, new_event(attendees=[graph_attendee("bob@acme.test")]), link_uid="link-1")
 
     client.cancel_event(alice, created["id"], "Customer cancelled")
 
@@ -285,6 +306,24 @@ def test_the_first_delta_round_is_a_full_read_across_pages(client, alice, outloo
     assert result.removed_ids == []
     assert "$deltatoken=" in result.delta_link
     assert outlook_sandbox.count("GET", r"calendarView/delta") == 3
+
+
+def test_delta_keeps_the_last_word_on_each_id_across_pages(client, monkeypatch):
+    pages = iter(
+        [
+            {"value": [{"id": "a", "v": 1}, {"id": "b", "v": 1}], "@odata.nextLink": "https://graph.sandbox.test/next"},
+            {"value": [{"id": "a", "@removed": {"reason": "deleted"}}, {"id": "b", "v": 2}, {"id": "c", "v": 1}]},
+            {"value": [{"id": "c", "@removed": {"reason": "deleted"}}, {"id": "c", "v": 2}], "@odata.deltaLink": "D"},
+        ]
+    )
+    pages_with_links = [next(pages), next(pages) | {"@odata.nextLink": "https://graph.sandbox.test/last"}, next(pages)]
+    monkeypatch.setattr(client, "_json", lambda *args, **kwargs: pages_with_links.pop(0))
+
+    result = client.delta("u", start=WINDOW[0], end=WINDOW[1])
+
+    assert result.events == [{"id": "b", "v": 2}, {"id": "c", "v": 2}]
+    assert result.removed_ids == ["a"]
+    assert result.delta_link == "D"
 
 
 def test_an_incremental_round_returns_only_changes_and_deletions(client, alice, outlook_sandbox):
@@ -466,7 +505,3 @@ def daily(count: int) -> dict:
         "pattern": {"type": "daily", "interval": 1},
         "range": {"type": "numbered", "startDate": "2026-03-02", "numberOfOccurrences": count},
     }
-
-
-def attendee(address: str) -> dict:
-    return {"emailAddress": {"address": address}, "type": "required"}

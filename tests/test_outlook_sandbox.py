@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import requests
 
-from syncapp.sandbox.base import SandboxRequest, stored_sandbox
+from syncapp.sandbox.base import SandboxRequest, make_sandbox_view, stored_sandbox
 from syncapp.sandbox.outlook import GraphSandbox
 from tests.outlook_fixtures import GRAPH_HOST, LOGIN_HOST, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET, OUTLOOK_TENANT_ID
 
@@ -571,6 +571,35 @@ def test_the_state_survives_a_round_trip_through_postgresql(sandbox, alice):
         assert len(stored.occurrences(alice, at(3, 1), at(4, 1))) == 3
         assert stored.event(alice, series)["subject"] == "S"
     assert reply.body["token_endpoint"] == f"https://demo.test/sandbox/graph/demo/{OUTLOOK_TENANT_ID}/oauth2/v2.0/token"
+
+
+@pytest.mark.django_db
+def test_the_django_view_serves_tokens_and_graph_from_one_mount(rf, settings):
+    settings.ALLOWED_HOSTS = ["demo.test"]
+    view = make_sandbox_view(GraphSandbox)
+    base = "https://demo.test/sandbox/graph/demo"
+    with stored_sandbox(GraphSandbox, "demo") as stored:
+        stored.add_tenant(OUTLOOK_TENANT_ID, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET)
+        alice = stored.add_user(OUTLOOK_TENANT_ID, "alice@acme.test", "Alice")
+
+    def call(method: str, path: str, **kwargs):
+        request = getattr(rf, method)(f"/sandbox/graph/demo/{path}", secure=True, HTTP_HOST="demo.test", **kwargs)
+        return view(request, key="demo", path=path)
+
+    credentials = f"client_id={OUTLOOK_CLIENT_ID}&client_secret={OUTLOOK_CLIENT_SECRET}"
+    form = f"grant_type=client_credentials&{credentials}&scope={base}/.default"
+    token = json.loads(
+        call(
+            "post",
+            f"{OUTLOOK_TENANT_ID}/oauth2/v2.0/token",
+            data=form,
+            content_type="application/x-www-form-urlencoded",
+        ).content
+    )
+    users = call("get", "v1.0/users", HTTP_AUTHORIZATION=f"Bearer {token['access_token']}")
+
+    assert users.status_code == 200
+    assert [u["id"] for u in json.loads(users.content)["value"]] == [alice]
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

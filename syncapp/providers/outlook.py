@@ -228,6 +228,10 @@ def text_body(text: str) -> dict:
     return {"contentType": "text", "content": text}
 
 
+def graph_attendee(address: str, name: str = "", kind: str = "required") -> dict:
+    return {"emailAddress": {"address": address, "name": name or address}, "type": kind}
+
+
 def link_uid_of(event: dict) -> str:
     """Our link uid, when the event was read with the extended property expanded (get_event, find)."""
     for prop in event.get("singleValueExtendedProperties") or []:
@@ -296,7 +300,13 @@ class OutlookClient:
                 logger.info("Delta link of mailbox %s expired (%s): full read", user_id, error.code or error.status)
         first = f"users/{quote(user_id, safe='')}/calendarView/delta"
         params = {"startDateTime": utc_iso(start), "endDateTime": utc_iso(end)}
-        return self._read_delta(first, page_size, full=True, params=params)
+        try:
+            return self._read_delta(first, page_size, full=True, params=params)
+        except ProviderError as error:
+            if error.kind != ErrorKind.RESYNC:
+                raise
+            # A skip token evicted while we paged: start once more, from the first page.
+            return self._read_delta(first, page_size, full=True, params=params)
 
     def _read_delta(self, path: str, page_size: int, *, full: bool, params: dict | None = None) -> DeltaResult:
         headers = {"Prefer": f"{PREFER}, odata.maxpagesize={page_size}"}

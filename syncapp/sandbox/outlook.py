@@ -570,7 +570,7 @@ class GraphSandbox(Sandbox):
         if occurrence is None:
             return self._stored(user_id, event_id), None
         master = self._stored(user_id, occurrence[0])
-        if occurrence[1] in master["deletedOccurrences"] or occurrence[1] not in self._all_original_starts(master):
+        if occurrence[1] in master["deletedOccurrences"] or not self._is_original_start(master, occurrence[1]):
             raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
         return master, occurrence[1]
 
@@ -706,20 +706,48 @@ class GraphSandbox(Sandbox):
         if original_start is None:
             self._update_series_or_single(master, patch)
         else:
-            overrides = master["exceptions"].setdefault(original_start, {})
-            self._apply(overrides, patch)
-            self._touch(overrides)
-            self._notify(user_id, self._occurrence_id(master["id"], original_start), "updated")
+            self._update_occurrence(master, original_start, patch)
         if master["isOrganizer"] and (before["attendees"] or master["attendees"]):
             self._mail_meeting_changes(master, before, patch, original_start)
             self._sync_copies(master)
         return master if original_start is None else self._occurrence_view(master, original_start)
 
+    def _update_occurrence(self, master: dict, original_start: str, patch: dict) -> None:
+        overrides = detached(master["exceptions"].get(original_start, {}))
+        self._apply(overrides, patch)
+        self._check_between_neighbours(master, original_start, overrides)
+        self._touch(overrides)
+        master["exceptions"][original_start] = overrides
+        self._notify(master["owner"], self._occurrence_id(master["id"], original_start), "updated")
+
+    def _check_between_neighbours(self, master: dict, original_start: str, overrides: dict) -> None:
+        """Exchange refuses to move an occurrence onto or past its neighbours (§2)."""
+        if "start" not in overrides:
+            return
+        moved_to = overrides["start"]
+        span = timedelta(days=400)  # enough to reach the neighbours of a yearly series
+        around = utc_from_text(original_start)
+        neighbours = [
+            other
+            for other in self._original_starts(master, around - span, around + span)
+            if other != original_start and other not in master["deletedOccurrences"]
+        ]
+        earlier = max((o for o in neighbours if o < original_start), default=None)
+        later = min((o for o in neighbours if o > original_start), default=None)
+        earlier = earlier and self._occurrence_view(master, earlier)["start"]
+        later = later and self._occurrence_view(master, later)["start"]
+        if (earlier and moved_to <= earlier) or (later and moved_to >= later):
+            raise GraphError(
+                400, "ErrorOccurrenceCrossingBoundary", "An occurrence cannot overlap or skip past its neighbours."
+            )
+
     def _update_series_or_single(self, event: dict, patch: dict) -> None:
         pattern_before = (event["start"], event["end"], event["recurrence"])
-        self._apply(event, patch)
-        if event["recurrence"]:
-            build_rule(event["recurrence"], self._local_start(event))
+        updated = detached(event)
+        self._apply(updated, patch)
+        if updated["recurrence"]:
+            build_rule(updated["recurrence"], self._local_start(updated))
+        event.update(updated)
         if (event["start"], event["end"], event["recurrence"]) != pattern_before:
             # Exchange drops a series' exceptions and deleted occurrences when its pattern or time changes.
             event["exceptions"], event["deletedOccurrences"] = {}, []
@@ -866,10 +894,11 @@ class GraphSandbox(Sandbox):
         high = (before + timedelta(days=1)).astimezone(tz).replace(tzinfo=None)
         return [utc_text(local.replace(tzinfo=tz)) for local in rule.between(low, high, inc=True)]
 
-    def _all_original_starts(self, master: dict) -> set[str]:
-        """Every original start of a finite series; for endless ones, those within ten years of the start."""
-        first = utc_from_text(master["start"])
-        return set(self._original_starts(master, first - timedelta(days=1), first + timedelta(days=3660)))
+    def _is_original_start(self, master: dict, original_start: str) -> bool:
+        if not master["recurrence"]:
+            return False
+        moment = utc_from_text(original_start)
+        return original_start in self._original_starts(master, moment, moment + timedelta(seconds=1))
 
     def _occurrences(self, master: dict, after: datetime, before: datetime) -> list[dict]:
         starts = set(self._original_starts(master, after, before)) | set(master["exceptions"])
@@ -1281,7 +1310,8 @@ class GraphSandbox(Sandbox):
         """The id of the occurrence of a series that starts on `occurrence_date` (in the series' zone)."""
         master = self._stored(user_id, self._internal_id(series_id))
         tz = zone(master["timeZone"])
-        for original_start in sorted(self._all_original_starts(master)):
+        midnight = datetime.combine(occurrence_date, time(), tzinfo=tz)
+        for original_start in self._original_starts(master, midnight, midnight + timedelta(days=1)):
             if utc_from_text(original_start).astimezone(tz).date() == occurrence_date:
                 return self._occurrence_id(master["id"], original_start)
         raise GraphError(404, "ErrorItemNotFound", f"The series has no occurrence on {occurrence_date}.")
