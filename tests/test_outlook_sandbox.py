@@ -176,6 +176,14 @@ def test_a_posted_event_is_stored_in_utc_and_returned_with_graph_fields(sandbox,
     assert "transactionId" not in event
 
 
+def test_an_all_day_event_must_span_midnights(sandbox, alice, graph):
+    day = {"isAllDay": True, "start": graph_time(at(3, 2, 0)), "end": graph_time(at(3, 3, 0)), "subject": "Off"}
+
+    assert graph("POST", f"users/{alice}/events", json=day).status_code == 201
+    not_midnight = {**day, "end": graph_time(at(3, 3, 12))}
+    assert graph("POST", f"users/{alice}/events", json=not_midnight).status_code == 400
+
+
 def test_unknown_properties_are_rejected(sandbox, alice, graph):
     reply = graph("POST", f"users/{alice}/events", json={"subject": "x", "color": "red", "start": {}, "end": {}})
 

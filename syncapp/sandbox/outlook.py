@@ -642,19 +642,31 @@ class GraphSandbox(Sandbox):
             "coordinates": {},
         }
 
+    def _check_whole_event(self, event: dict) -> None:
+        if event["recurrence"]:
+            build_rule(event["recurrence"], self._local_start(event))  # raises on a bad pattern
+        if event["isAllDay"]:
+            # All-day events must start and end at midnight of their zone (§1); the error code is a guess.
+            tz = zone(event["timeZone"])
+            for name in ("start", "end"):
+                if utc_from_text(event[name]).astimezone(tz).time() != time():
+                    raise GraphError(
+                        400, "ErrorPropertyValidationFailure", "All-day events must start and end at midnight."
+                    )
+
     def _touch(self, target: dict) -> None:
         target["changeKey"] = self._change_key()
         target["lastModifiedDateTime"] = stamp(self.now())
 
     # === events: create ============================================================================
-    def _create(self, user_id: str, data: dict) -> tuple[dict, bool]:
-        """(event, created). A repeated transactionId in the same mailbox returns the event created first:
+    def _create(self, user_id: str, data: dict) -> dict:
+        """The new event. A repeated transactionId in the same mailbox returns the event created first:
         Graph's answer to a duplicate is UNCONFIRMED (§2); this is the behaviour the docs' wording implies."""
         transaction_id = data.get("transactionId")
         if transaction_id:
             for event in self.state["events"].values():
                 if event["owner"] == user_id and event.get("transactionId") == transaction_id:
-                    return event, False
+                    return event
         self._validate(data, creating=True)
         now = stamp(self.now())
         event = {
@@ -683,8 +695,7 @@ class GraphSandbox(Sandbox):
             "deletedOccurrences": [],
         }
         self._apply(event, data)
-        if event["recurrence"]:
-            build_rule(event["recurrence"], self._local_start(event))  # validates the pattern
+        self._check_whole_event(event)
         event["type"] = "seriesMaster" if event["recurrence"] else "singleInstance"
         self._touch(event)
         self.state["events"][event["id"]] = event
@@ -692,10 +703,10 @@ class GraphSandbox(Sandbox):
         if event["attendees"]:
             self._send_mail("invitation", event, self._attendee_addresses(event))
             self._sync_copies(event)
-        return event, True
+        return event
 
     def _post_event(self, request: SandboxRequest, user_id: str, prefs: dict) -> SandboxResponse:
-        event, created = self._create(user_id, request.json() or {})
+        event = self._create(user_id, request.json() or {})
         return SandboxResponse(201, self._render(self._view(event), prefs))
 
     # === events: update ============================================================================
@@ -745,8 +756,7 @@ class GraphSandbox(Sandbox):
         pattern_before = (event["start"], event["end"], event["recurrence"])
         updated = detached(event)
         self._apply(updated, patch)
-        if updated["recurrence"]:
-            build_rule(updated["recurrence"], self._local_start(updated))
+        self._check_whole_event(updated)
         event.update(updated)
         if (event["start"], event["end"], event["recurrence"]) != pattern_before:
             # Exchange drops a series' exceptions and deleted occurrences when its pattern or time changes.
@@ -1259,7 +1269,7 @@ class GraphSandbox(Sandbox):
             attendees=list(attendees), recurrence=recurrence, location=location, time_zone=time_zone,
         )  # fmt: skip
         with self.lock:
-            event, _ = self._create(user_id, data)
+            event = self._create(user_id, data)
         return event["id"]
 
     def person_edit_event(self, user_id: str, event_id: str, **fields: Any) -> None:
