@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
+from django import db
 
 from syncapp.providers.base import ErrorKind, ProviderError
 from syncapp.providers.outlook import (
     LINK_PROPERTY_ID,
     PREFER,
     OutlookClient,
+    acquire_token,
     graph_attendee,
     graph_datetime,
     link_uid_of,
@@ -41,6 +45,11 @@ def bob(outlook_sandbox) -> str:
 @pytest.fixture
 def client(outlook_connection) -> OutlookClient:
     return OutlookClient(outlook_connection)
+
+
+@pytest.fixture
+def graph_token(outlook_connection) -> str:
+    return acquire_token(outlook_connection)
 
 
 def graph_requests(http_mock) -> list:
@@ -422,6 +431,47 @@ def test_a_rejected_token_is_an_auth_error(client, alice, outlook_sandbox):
         client.get_event(alice, "AAkALgAAAA=")
 
     assert caught.value.kind == ErrorKind.AUTH
+
+
+def run_in_threads(count: int, work) -> list:
+    results: list = []
+
+    def run():
+        try:
+            results.append(work())
+        except Exception as error:  # noqa: BLE001 - the test inspects what each thread got
+            results.append(error)
+        finally:
+            db.connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_the_sandbox_refuses_a_fifth_concurrent_request_to_one_mailbox(alice, outlook_sandbox, graph_token):
+    outlook_sandbox.inject_fault(0, times=6, delay=0.2, path="events")
+    url = f"https://graph.sandbox.test/v1.0/users/{alice}/events"
+
+    replies = run_in_threads(6, lambda: requests.get(url, headers={"Authorization": f"Bearer {graph_token}"}))
+
+    assert sorted(r.status_code for r in replies) == [200] * 4 + [429] * 2
+    assert {r.json()["error"]["code"] for r in replies if r.status_code == 429} == {"ApplicationThrottled"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_client_keeps_to_four_concurrent_requests_per_mailbox(outlook_connection, alice, outlook_sandbox):
+    outlook_sandbox.inject_fault(0, times=6, delay=0.2, path="events")
+    OutlookClient(outlook_connection).list_users()  # the token, once
+
+    results = run_in_threads(6, lambda: OutlookClient(outlook_connection).find_event_by_link_uid(alice, "x"))
+
+    assert results == [None] * 6
+    assert outlook_sandbox.peak_in_flight[alice] == 4
+    assert outlook_sandbox.count("GET", r"/events$") == 6  # none refused, none retried
 
 
 def test_requests_are_limited_per_mailbox(client, alice):

@@ -20,6 +20,7 @@ import hashlib
 import html
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
@@ -39,6 +40,8 @@ REST_PREFIX, IMMUTABLE_PREFIX = "AAMkAG", "AAkALg"  # non-immutable ids differ o
 ICAL_PREFIX = "040000008200E00074C5B7101A82E008"
 NO_TIME = "0001-01-01T00:00:00Z"
 MAX_SUBSCRIPTION_MINUTES = 10080  # Outlook events (§4)
+MAILBOX_CONCURRENCY = 4  # concurrent requests per app and mailbox (§5)
+MAILBOX_IN_PATH = re.compile(r"^v1\.0/users/([^/?]+)/")
 DELTA_PAGE_SIZE = 10  # Graph's default delta page size is UNCONFIRMED (§ "Could not confirm" 7)
 TOKENS_KEPT_PER_MAILBOX = 50  # older delta/skip tokens are evicted, as Outlook's token cache does (§3)
 
@@ -256,6 +259,10 @@ class GraphSandbox(Sandbox):
     def __init__(self, state: dict | None = None) -> None:
         super().__init__(state)
         self.on_notification: Callable[[dict], None] | None = None
+        # Requests in flight per mailbox, in this process only (the HTTP front does not enforce the limit).
+        self.in_flight: dict[str, int] = {}
+        self.peak_in_flight: dict[str, int] = {}
+        self._in_flight_lock = threading.Lock()
 
     def initial_state(self) -> dict:
         return {
@@ -364,6 +371,36 @@ class GraphSandbox(Sandbox):
                 del self.state["sync_tokens"][token]
 
     # === entry point ===============================================================================
+    def handle(self, request: SandboxRequest) -> SandboxResponse:
+        """As the base, but a fifth concurrent request to one mailbox gets 429 MailboxConcurrency (§5)."""
+        match = MAILBOX_IN_PATH.match(request.path)
+        if match is None:
+            return super().handle(request)
+        mailbox = unquote(match.group(1)).lower()
+        with self._in_flight_lock:
+            self.in_flight[mailbox] = self.in_flight.get(mailbox, 0) + 1
+            self.peak_in_flight[mailbox] = max(self.peak_in_flight.get(mailbox, 0), self.in_flight[mailbox])
+            too_many = self.in_flight[mailbox] > MAILBOX_CONCURRENCY
+        try:
+            if too_many:
+                with self.lock:
+                    self.state["calls"].append([request.method, request.path])
+                return self._concurrency_refusal()
+            return super().handle(request)
+        finally:
+            with self._in_flight_lock:
+                self.in_flight[mailbox] -= 1
+
+    def _concurrency_refusal(self) -> SandboxResponse:
+        body = {
+            "error": {
+                "code": "ApplicationThrottled",
+                "message": "Application is over its MailboxConcurrency limit.",
+                "innerError": {"code": "MailboxConcurrency"},
+            }
+        }
+        return SandboxResponse(429, body, {"Retry-After": "1"})
+
     def dispatch(self, request: SandboxRequest) -> SandboxResponse:
         try:
             if request.path.startswith("v1.0/"):
