@@ -227,9 +227,10 @@ class RaynetClient:
         update_fields = {key: value for key, value in fields.items() if key in UPDATE_ONLY_FIELDS}
         response = self._request("PUT", self._entity_path(entity), body=create_fields)
         if response.status_code != 201:  # Raynet's own PHP client treats anything else as an error (§2)
+            # Not retried: the record may exist anyway, and the ext id lookup is what finds it.
             raise ProviderError(
                 f"Raynet answered HTTP {response.status_code} to a create.",
-                kind=ErrorKind.TRANSIENT,
+                kind=ErrorKind.VALIDATION,
                 status=response.status_code,
             )
         activity_id = int(self._data(response)["id"])
@@ -408,14 +409,20 @@ class RaynetClient:
         return {k: format_datetime(v, self.zone) if isinstance(v, datetime) else v for k, v in fields.items()}
 
     @staticmethod
-    def _data(response: requests.Response) -> Any:
-        """The `data` of a success envelope; `success` is `true` or `"true"` depending on the endpoint (§2)."""
-        body = response.json()
-        if str(body.get("success")).lower() != "true":
+    def _envelope(response: requests.Response) -> dict:
+        """A success envelope; `success` is `true` or `"true"` depending on the endpoint (reference §2)."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or str(body.get("success")).lower() != "true":
             raise ProviderError(
                 "Raynet answered without success.", kind=ErrorKind.TRANSIENT, status=response.status_code
             )
-        return body.get("data")
+        return body
+
+    def _data(self, response: requests.Response) -> Any:
+        return self._envelope(response).get("data")
 
     def _list_all(self, path: str, filters: dict, *, walk_by_id: bool = False) -> list[dict]:
         """Every row, in pages of 1000 until `totalCount` is reached (reference §4, Pagination).
@@ -433,7 +440,7 @@ class RaynetClient:
                     params["id[GT]"] = rows[-1]["id"]
             else:
                 params["offset"] = len(rows)
-            body = self._request("GET", path, params=params, iso=True).json()
+            body = self._envelope(self._request("GET", path, params=params, iso=True))
             page = body.get("data") or []
             rows.extend(page)
             total = int(body.get("totalCount") or 0)
