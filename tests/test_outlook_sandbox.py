@@ -358,6 +358,19 @@ def test_an_event_leaving_the_window_is_reported_removed(sandbox, alice, graph):
     assert items == [{"@odata.type": "#microsoft.graph.event", "id": event_id, "@removed": {"reason": "deleted"}}]
 
 
+def test_changes_outside_the_window_come_as_removals_of_unknown_ids(sandbox, alice, graph):
+    outside = sandbox.person_create_event(alice, "Later", at(6, 2), at(6, 2, 10))
+    _, link = delta_all(graph, f"users/{alice}/calendarView/delta", window(at(3, 1), at(4, 1)))
+    sandbox.person_edit_event(alice, outside, subject="Later still")
+    added_outside = sandbox.person_create_event(alice, "Much later", at(7, 2), at(7, 2, 10))
+    sandbox.person_delete_event(alice, outside)
+
+    items, _ = delta_all(graph, link)
+
+    assert sorted(i["id"] for i in items) == sorted([outside, added_outside])
+    assert all(i["@removed"] == {"reason": "deleted"} for i in items)
+
+
 def test_a_deleted_occurrence_disappears_from_delta_without_a_tombstone(sandbox, alice, graph):
     series = sandbox.person_create_event(alice, "S", at(3, 2), at(3, 2, 10), recurrence=daily(3, "2026-03-02"))
     _, link = delta_all(graph, f"users/{alice}/calendarView/delta", window(at(3, 1), at(4, 1)))

@@ -274,6 +274,7 @@ class GraphSandbox(Sandbox):
             "access_tokens": {},
             "sync_tokens": {},
             "subscriptions": {},
+            "tombstones": [],  # [event id, owner, seq] of deleted single events, newest last
             "sent_mail": [],
             "notifications": [],
             "delta_replays": True,  # Graph may repeat a change on a later page (§3)
@@ -694,6 +695,7 @@ class GraphSandbox(Sandbox):
     def _touch(self, target: dict) -> None:
         target["changeKey"] = self._change_key()
         target["lastModifiedDateTime"] = stamp(self.now())
+        target["modifiedSeq"] = self.state["seq"]  # lets delta tell what changed since a token
 
     # === events: create ============================================================================
     def _create(self, user_id: str, data: dict) -> dict:
@@ -819,6 +821,8 @@ class GraphSandbox(Sandbox):
             self._notify(user_id, event_id, "deleted")
         else:
             del self.state["events"][master["id"]]
+            if not master["recurrence"]:  # a series' tombstones are those of its occurrences
+                self.state["tombstones"] = [*self.state["tombstones"][-499:], [master["id"], user_id, self._next()]]
             self._notify(user_id, master["id"], "deleted")
         if is_meeting:
             # Deleting a meeting on the organizer's calendar cancels it for the attendees (§2).
@@ -1102,21 +1106,25 @@ class GraphSandbox(Sandbox):
                 raise GraphError(410, "syncStateNotFound", "The sync state generation is not found.")
             if skip:
                 return self._delta_page(request, user_id, record)
-            after, before, seen = utc_from_text(record["start"]), utc_from_text(record["end"]), record["seen"]
-        else:
-            after = parse_query_time(request.arg("startDateTime"), "startDateTime")
-            before = parse_query_time(request.arg("endDateTime"), "endDateTime")
-            seen = {}
-        return self._delta_round(request, user_id, prefs, after, before, seen)
+            after, before = utc_from_text(record["start"]), utc_from_text(record["end"])
+            return self._delta_round(request, user_id, prefs, after, before, record["seen"], record["as_of"])
+        after = parse_query_time(request.arg("startDateTime"), "startDateTime")
+        before = parse_query_time(request.arg("endDateTime"), "endDateTime")
+        return self._delta_round(request, user_id, prefs, after, before, {}, None)
 
-    def _delta_round(self, request, user_id, prefs, after: datetime, before: datetime, seen: dict) -> SandboxResponse:
+    def _delta_round(
+        self, request, user_id, prefs, after: datetime, before: datetime, seen: dict, since: int | None
+    ) -> SandboxResponse:
         current = {view["id"]: view for view in self._window_views(user_id, after, before)}
         changed = [self._render(v, prefs) for i, v in current.items() if seen.get(i) != v["changeKey"]]
         gone = [i for i in seen if i not in current and not self._deleted_occurrence(i)]
+        if since is not None:
+            gone += [i for i in self._changed_outside(user_id, current, since) if i not in gone]
+        immutable = prefs.get("idtype", "").lower() == "immutableid"
         removed = [
             {
                 "@odata.type": "#microsoft.graph.event",
-                "id": self._public_id(i, prefs.get("idtype", "").lower() == "immutableid"),
+                "id": self._public_id(i, immutable),
                 "@removed": {"reason": "deleted"},
             }
             for i in gone
@@ -1127,11 +1135,23 @@ class GraphSandbox(Sandbox):
             "start": utc_text(after),
             "end": utc_text(before),
             "seen": {i: v["changeKey"] for i, v in current.items()},
+            "as_of": self.state["seq"],
             "items": removed + changed,
             "offset": 0,
             "size": min(int(prefs.get("odata.maxpagesize") or DELTA_PAGE_SIZE), self.state["max_page_size"] or 1000),
         }
         return self._delta_page(request, user_id, record)
+
+    def _changed_outside(self, user_id: str, current: dict, since: int) -> list[str]:
+        """Singles added, changed or deleted outside the window since the token: Graph reports those as
+        `@removed` too (§3), so a client sees ids it never had."""
+        changed = [
+            e["id"]
+            for e in self.state["events"].values()
+            if e["owner"] == user_id and not e["recurrence"] and e["id"] not in current and e["modifiedSeq"] > since
+        ]
+        deleted = [i for i, owner, seq in self.state["tombstones"] if owner == user_id and seq > since]
+        return changed + deleted
 
     def _deleted_occurrence(self, event_id: str) -> bool:
         """A deleted occurrence of a series that still exists: Graph sends no tombstone for it."""
@@ -1153,7 +1173,7 @@ class GraphSandbox(Sandbox):
             body["@odata.nextLink"] = f"{link}?$skiptoken={token}"
         else:
             token = self._store_sync_token(
-                {key: record[key] for key in ("user", "start", "end", "seen")} | {"kind": "delta"}
+                {key: record[key] for key in ("user", "start", "end", "seen", "as_of")} | {"kind": "delta"}
             )
             body["@odata.deltaLink"] = f"{link}?$deltatoken={token}"
         return SandboxResponse(200, body)
