@@ -414,3 +414,58 @@ def test_its_state_survives_a_json_round_trip_and_keeps_working(raynet_sandbox, 
     assert response.json()["data"]["meetingPlace"] == "Café"
     assert created.status_code == 201 and revived.activity("event", created.json()["data"]["id"])
     assert revived.now() == datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+# --- webhooks (reference §7) -----------------------------------------------------------------------------
+
+RECEIVER = "https://portal.test/webhooks/raynet/"
+
+
+@pytest.fixture
+def subscribed(raynet_sandbox) -> str:
+    """A webhook for every record event, with a secret token."""
+    body = {"url": RECEIVER, "secretToken": "s3cret", "events": ["record.created", "record.updated", "record.deleted"]}
+    return call("PUT", "webhook/", json=body).json()["data"]["uuid"]
+
+
+def test_webhooks_are_registered_listed_and_removed_as_the_examples(raynet_sandbox, subscribed):
+    listed = call("GET", "webhook/").json()
+    removed = call("DELETE", f"webhook/{subscribed}/")
+
+    assert_same_shape(listed, example("/webhook/"))
+    assert listed["data"]["webhooks"][0]["webhookId"] == subscribed
+    assert_same_shape(listed["data"]["webhooks"][0], example("/webhook/")["data"]["webhooks"][0])
+    assert removed.json() == example("/webhook/{uuid}/", "delete")
+    assert call("GET", "webhook/").json()["data"]["webhooks"] == []
+
+
+def test_changes_queue_identifier_only_events_that_say_who_made_them(raynet_sandbox, subscribed, jana):
+    created = call("PUT", "meeting/", json={"title": "T", "priority": "DEFAULT", "owner": jana}).json()["data"]["id"]
+    raynet_sandbox.ui_edit_activity("meeting", created, title="Edited in the browser")
+    call("DELETE", f"meeting/{created}/")
+
+    events = raynet_sandbox.pending_webhooks()
+
+    assert [event["type"] for event in events] == ["record.created", "record.updated", "record.deleted"]
+    assert [event["source"] for event in events] == [
+        {"name": "api", "description": "Outlook sync"},  # the API key's name
+        {"name": "user", "description": "browser"},
+        {"name": "api", "description": "Outlook sync"},
+    ]
+    assert events[0]["data"] == {"entityName": "Meeting", "entityId": created, "extIds": None}
+    assert events[1]["author"] == "jana@acme.test"
+
+
+def test_delivery_posts_with_the_secret_token_and_keeps_failures_queued(raynet_sandbox, subscribed, jana, http_mock):
+    raynet_sandbox.ui_create_activity("event", jana, "Anniversary", MONDAY_9_PRAGUE, MONDAY_9_PRAGUE)
+    http_mock.add("POST", RECEIVER, status=503)
+    http_mock.add("POST", RECEIVER, status=200)
+
+    first = raynet_sandbox.deliver_webhooks()
+    second = raynet_sandbox.deliver_webhooks()
+
+    posted = [call.request for call in http_mock.calls if call.request.url == RECEIVER]
+    assert (first, second) == (0, 1)
+    assert [request.headers["X-RAYNETCRM-Token"] for request in posted] == ["s3cret", "s3cret"]
+    assert json.loads(posted[-1].body)["type"] == "record.created"
+    assert raynet_sandbox.pending_webhooks() == []

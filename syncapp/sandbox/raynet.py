@@ -15,14 +15,17 @@ State is one JSON-able dict (ISO strings, string keys), so the HTTP front can ke
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
+import requests
 from django.utils import timezone
 
 from syncapp.sandbox.base import Sandbox, SandboxRequest, SandboxResponse
@@ -97,6 +100,8 @@ REQUEST_LIMIT_BODY = {
     "message": "API request limit reached. See the X-RateLimit-* headers and check out the API documentation "
     "for more details.",
 }
+UI_SOURCE = {"name": "user", "description": "browser"}
+WEBHOOK_EVENTS = ("record.created", "record.updated", "record.deleted")
 ACCESS_DENIED_BODY = {
     "message": "AttributeAccessDeniedException",
     "translatedMessage": "Nemáte dostatečná oprávnění pro tuto operaci.",
@@ -197,6 +202,8 @@ class RaynetSandbox(Sandbox):
         max_connections: int = 4,
     ) -> None:
         super().__init__(state)
+        for key, value in self.initial_state().items():  # state stored by an older version lacks new keys
+            self.state.setdefault(key, value)
         self.state.setdefault("instance", instance)
         self.state.setdefault("daily_limit", daily_limit)
         self.state.setdefault("max_connections", max_connections)
@@ -215,10 +222,14 @@ class RaynetSandbox(Sandbox):
             "blocked_until": None,
             "next_id": 1,
             "api_keys": {},
+            "api_key_names": {},
             "users": {},
             "persons": {},
             "records": {entity: {} for entity in ENTITIES},
             "denials": [],
+            "webhooks": [],
+            "technical_contacts": [],
+            "webhook_outbox": [],
         }
 
     # --- the test clock ------------------------------------------------------------------------
@@ -277,8 +288,9 @@ class RaynetSandbox(Sandbox):
         api_key: str | None = None,
         zone: str = "Europe/Prague",
         role: str = "ADMIN",
+        api_key_name: str = "Outlook sync",
     ) -> tuple[int, int]:
-        """A user account (login `email`) and its person; `api_key` lets it call the API."""
+        """A user account (login `email`) and its person; `api_key` (named `api_key_name`) lets it call the API."""
         person_id = self.add_person(email, full_name)
         user_id = self._new_id()
         self.state["users"][str(user_id)] = {
@@ -295,6 +307,7 @@ class RaynetSandbox(Sandbox):
         self.state["persons"][str(person_id)]["userAccount"] = user_id
         if api_key:
             self.state["api_keys"][email] = api_key
+            self.state["api_key_names"][email] = api_key_name
         return user_id, person_id
 
     def ui_create_activity(
@@ -302,11 +315,14 @@ class RaynetSandbox(Sandbox):
     ) -> int:
         """`fields` in stored form; `participants` may be a list of person ids; date-times may be datetimes."""
         participants = fields.pop("participants", [])
-        record = self._new_record(entity, owner_person_id, self._user_of(owner_person_id))
+        author = self._user_of(owner_person_id)
+        record = self._new_record(owner_person_id, author)
         record.update(title=title, status="SCHEDULED")
         self._set_ui_fields(record, {"scheduledFrom": start, "scheduledTill": end, **fields})
         for person_id in participants:
             record["participants"].append(self._participant(person_id))
+        self.state["records"][entity][str(record["id"])] = record
+        self._emit("record.created", entity, record, author=author, source=UI_SOURCE)
         return record["id"]
 
     def ui_edit_activity(self, entity: str, activity_id: int, **fields: Any) -> None:
@@ -317,6 +333,7 @@ class RaynetSandbox(Sandbox):
             record["participants"] += [self._participant(person_id) for person_id in wanted]
         self._set_ui_fields(record, fields)
         self._bump(record, self._user_of(record["owner"]))
+        self._emit("record.updated", entity, record, author=record["updatedBy"], source=UI_SOURCE)
 
     def ui_complete_activity(self, entity: str, activity_id: int) -> None:
         self.ui_edit_activity(entity, activity_id, status="COMPLETED", completed=self.now())
@@ -325,7 +342,8 @@ class RaynetSandbox(Sandbox):
         self.ui_edit_activity(entity, activity_id, status="CANCELLED", completed=self.now())
 
     def ui_delete_activity(self, entity: str, activity_id: int) -> None:
-        del self.state["records"][entity][str(activity_id)]
+        record = self.state["records"][entity].pop(str(activity_id))
+        self._emit("record.deleted", entity, record, author=self._user_of(record["owner"]), source=UI_SOURCE)
 
     # --- readers for tests -------------------------------------------------------------------------
     def activity(self, entity: str, activity_id: int) -> dict | None:
@@ -346,9 +364,10 @@ class RaynetSandbox(Sandbox):
         person = self.state["persons"].get(str(person_id))
         return f"{person['firstName']} {person['lastName']}".strip() if person else None
 
-    def _new_record(self, entity: str, owner_id: int, author: str) -> dict:
+    def _new_record(self, owner_id: int, author: str) -> dict:
+        """A new activity, not stored yet (the caller stores it once every field is valid)."""
         record_id = self._new_id()
-        record = {
+        return {
             "id": record_id,
             "title": "",
             "priority": "DEFAULT",
@@ -373,8 +392,6 @@ class RaynetSandbox(Sandbox):
             "updatedBy": author,
             "rowState": None,
         }
-        self.state["records"][entity][str(record_id)] = record
-        return record
 
     def _participant(self, person_id: int | None, **fields: Any) -> dict:
         return {
@@ -637,7 +654,8 @@ class RaynetSandbox(Sandbox):
             if method == "POST":
                 return self._update_activity(entity, activity_id, request.json() or {}, user, zone)
             if method == "DELETE":
-                del self.state["records"][entity][activity_id]
+                record = self.state["records"][entity].pop(activity_id)
+                self._emit("record.deleted", entity, record, author=user["username"], source=self._api_source(user))
                 return SandboxResponse(200)
         elif match := re.fullmatch(rf"({entities})/(\d+)/extId/(?:(.+?)/?)?", path):
             return self._ext_id(match[1], match[2], match[3], request)
@@ -646,6 +664,8 @@ class RaynetSandbox(Sandbox):
             if record is None:
                 return self._not_found(match[1], unquote(match[2]))
             return self._detail(self._render_activity(match[1], record, detail=True, zone=zone, iso=iso))
+        elif path.startswith("webhook/"):
+            return self._webhook_endpoint(request)
         elif path == "activity/" and method == "GET":
             return self._list_all_activities(request, zone, iso)
         elif path == "userAccount/" and method == "GET":
@@ -823,12 +843,14 @@ class RaynetSandbox(Sandbox):
             raise BadRequest(f"Missing required field(s): {', '.join(missing)}")
         if str(body["owner"]) not in self.state["persons"]:
             raise BadRequest(f"Person with id {body['owner']} was not found")
-        record = self._new_record(entity, int(body["owner"]), user["username"])
+        record = self._new_record(int(body["owner"]), user["username"])
         fields = {name: value for name, value in body.items() if name in CREATE_FIELDS[entity] - {"owner"}}
         self._apply_fields(record, fields, zone)
         if record["person"]:  # "ID of the contact that is a participant of the meeting" (create schema)
             record["participants"].append(self._participant(record["person"]))
         record["status"] = "SCHEDULED" if record["scheduledFrom"] else "NEW"  # UNCONFIRMED (reference §3)
+        self.state["records"][entity][str(record["id"])] = record
+        self._emit("record.created", entity, record, author=user["username"], source=self._api_source(user))
         return SandboxResponse(201, {"success": True, "data": {"id": record["id"]}})
 
     def _update_activity(
@@ -836,7 +858,7 @@ class RaynetSandbox(Sandbox):
     ) -> SandboxResponse:
         if "owner" in body:  # S7: sending owner on POST returns 403 (reference §3, Update schema)
             return SandboxResponse(403, {"message": "Field owner cannot be changed by update."})
-        record = self._record(entity, activity_id)
+        record = json.loads(json.dumps(self._record(entity, activity_id)))  # all or nothing: edit a copy
         participants = body.get("participants")
         fields = {name: value for name, value in body.items() if name in UPDATE_FIELDS[entity] - {"participants"}}
         self._apply_fields(record, fields, zone)
@@ -845,6 +867,8 @@ class RaynetSandbox(Sandbox):
         if record["status"] not in ("COMPLETED", "CANCELLED"):
             record["completed"] = None  # `completed` only takes effect with those statuses (reference §3)
         self._bump(record, user["username"])
+        self.state["records"][entity][activity_id] = record
+        self._emit("record.updated", entity, record, author=user["username"], source=self._api_source(user))
         return SandboxResponse(200, {"success": True})
 
     def _apply_fields(self, record: dict, fields: dict, zone: ZoneInfo) -> None:
@@ -904,3 +928,80 @@ class RaynetSandbox(Sandbox):
 
     def _find_by_ext_id(self, entity: str, ext_id: str) -> dict | None:
         return next((r for r in self.state["records"][entity].values() if ext_id in r["extIds"]), None)
+
+    # --- webhooks (reference §7) ------------------------------------------------------------------------
+    def _api_source(self, user: dict) -> dict:
+        """`source.description` is the name of the API key: a dedicated key lets the sync drop its own echoes."""
+        return {"name": "api", "description": self.state["api_key_names"].get(user["username"], "API")}
+
+    def _emit(self, event_type: str, entity: str, record: dict, *, author: str, source: dict) -> None:
+        """Queue one event per subscribed webhook; payloads carry identifiers only (reference §7)."""
+        created_at = self.now().astimezone(ZoneInfo("Europe/Prague")).isoformat(timespec="milliseconds")
+        for webhook in self.state["webhooks"]:
+            if event_type not in webhook["eventsFilter"]:
+                continue
+            payload = {
+                "eventId": uuid.uuid4().hex,
+                "createdAt": created_at,
+                "type": event_type,
+                "author": author,
+                "source": dict(source),
+                "data": {
+                    "entityName": ENTITY_NAMES[entity],
+                    "entityId": record["id"],
+                    "extIds": record["extIds"] or None,
+                },
+            }
+            self.state["webhook_outbox"].append(
+                {"url": webhook["url"], "token": webhook["secretToken"], "payload": payload}
+            )
+
+    def pending_webhooks(self) -> list[dict]:
+        """Payloads queued for delivery, oldest first."""
+        return [item["payload"] for item in self.state["webhook_outbox"]]
+
+    def deliver_webhooks(self) -> int:
+        """POST every queued event with X-RAYNETCRM-Token; failures (any non-2xx) stay queued for a retry."""
+        delivered = 0
+        for item in list(self.state["webhook_outbox"]):
+            headers = {"X-RAYNETCRM-Token": item["token"]} if item["token"] else {}
+            try:
+                reply = requests.post(item["url"], json=item["payload"], headers=headers, timeout=(10, 60))
+            except requests.RequestException:
+                continue
+            if 200 <= reply.status_code < 300:
+                self.state["webhook_outbox"].remove(item)
+                delivered += 1
+        return delivered
+
+    def _webhook_endpoint(self, request: SandboxRequest) -> SandboxResponse:
+        """GET/PUT /webhook/, POST /webhook/technicalContact/, DELETE /webhook/{uuid}/ (reference §7)."""
+        if request.path == "webhook/" and request.method == "GET":
+            webhooks = [dict(webhook) for webhook in self.state["webhooks"]]
+            data = {"technicalContacts": self.state["technical_contacts"], "webhooks": webhooks}
+            return SandboxResponse(200, {"success": "true", "data": data})
+        if request.path == "webhook/" and request.method == "PUT":
+            body = request.json() or {}
+            if not str(body.get("url") or "").startswith("https://"):
+                raise BadRequest("Invalid webhook url")
+            webhook_id = uuid.uuid4().hex
+            self.state["webhooks"].append(
+                {
+                    "webhookId": webhook_id,
+                    "url": body["url"],
+                    "secretToken": body.get("secretToken"),
+                    "eventsFilter": list(body.get("events") or WEBHOOK_EVENTS),
+                }
+            )
+            return SandboxResponse(201, {"success": True, "data": {"uuid": webhook_id}})
+        if request.path == "webhook/technicalContact/" and request.method == "POST":
+            self.state["technical_contacts"] = list((request.json() or {}).get("technicalContacts") or [])
+            return SandboxResponse(200, {"success": True})
+        match = re.fullmatch(r"webhook/([0-9a-f]+)/", request.path)
+        if match and request.method == "DELETE":
+            before = len(self.state["webhooks"])
+            self.state["webhooks"] = [w for w in self.state["webhooks"] if w["webhookId"] != match[1]]
+            if len(self.state["webhooks"]) == before:
+                return self._not_found("webhook", match[1])
+            return SandboxResponse(200, {"success": True})
+        return SandboxResponse(404, {"message": f"No endpoint {request.method} /{request.path}"})
