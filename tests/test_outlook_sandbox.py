@@ -530,6 +530,29 @@ def test_notifications_reach_the_callback_with_the_client_state(sandbox, alice, 
     assert note["changeType"] == "created" and note["resourceData"]["id"] == event_id
 
 
+def test_a_lifecycle_event_reaches_the_callback_and_removal_ends_the_subscription(sandbox, alice, graph):
+    received = []
+    sandbox.on_notification = received.append
+    sandbox.set_now(at(3, 1))
+    subscription = graph(
+        "POST",
+        "subscriptions",
+        json={
+            "changeType": "updated",
+            "notificationUrl": "https://p.test/h",
+            "lifecycleNotificationUrl": "https://p.test/l",
+            "resource": f"/users/{alice}/events",
+            "expirationDateTime": "2026-03-02T00:00:00Z",
+            "clientState": "s",
+        },
+    ).json()
+
+    sandbox.send_lifecycle_event(subscription["id"], "subscriptionRemoved")
+
+    assert received[0]["value"][0]["lifecycleEvent"] == "subscriptionRemoved"
+    assert graph("GET", f"subscriptions/{subscription['id']}").status_code == 404
+
+
 def test_no_notifications_after_the_subscription_expired(sandbox, alice, graph):
     received = []
     sandbox.on_notification = received.append
