@@ -20,6 +20,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -89,6 +90,27 @@ USER_DETAIL_KEYS = (
     "startWeekDay securityLevels securityProfile rowInfo.createdAt rowInfo.createdBy rowInfo.updatedAt "
     "rowInfo.updatedBy".split()
 )
+ENTITY_PATH = "(meeting|event)"
+# (method, path below /api/v2/, handler); every documented path ends with "/" (reference §2).
+ROUTES = [
+    ("GET", f"{ENTITY_PATH}/", "_list_activities"),
+    ("PUT", f"{ENTITY_PATH}/", "_create_activity"),
+    ("GET", rf"{ENTITY_PATH}/(\d+)/", "_get_activity"),
+    ("POST", rf"{ENTITY_PATH}/(\d+)/", "_update_activity"),
+    ("DELETE", rf"{ENTITY_PATH}/(\d+)/", "_delete_activity"),
+    ("PUT", rf"{ENTITY_PATH}/(\d+)/extId/", "_add_ext_id"),
+    ("DELETE", rf"{ENTITY_PATH}/(\d+)/extId/([^/]+)/?", "_remove_ext_id"),
+    ("GET", f"{ENTITY_PATH}/ext/(.+)/", "_get_by_ext_id"),
+    ("GET", "activity/", "_list_all_activities"),
+    ("GET", "userAccount/", "_list_users"),
+    ("GET", r"userAccount/(\d+)/", "_get_user"),
+    ("GET", "person/", "_list_persons"),
+    ("GET", r"person/(\d+)/", "_get_person"),
+    ("GET", "webhook/", "_list_webhooks"),
+    ("PUT", "webhook/", "_add_webhook"),
+    ("POST", "webhook/technicalContact/", "_set_technical_contacts"),
+    ("DELETE", "webhook/([0-9a-f]+)/", "_remove_webhook"),
+]
 OPERATORS = {"EQ", "EQ_OR_NULL", "NE", "NE_OR_NULL", "LT", "LE", "GT", "GE", "LIKE", "LIKE_NOCASE", "IN", "NOT_IN"}
 LIST_PARAMETERS = {"offset", "limit", "sortColumn", "sortDirection", "dateFormat", "view", "fulltext"}
 FILTER_KEY = re.compile(r"^(?P<column>[^\[\]]+)(?:\[(?P<op>[A-Z_]+)\])?$")
@@ -110,6 +132,23 @@ ACCESS_DENIED_BODY = {
 
 class BadRequest(Exception):
     """Answered as 400 with Raynet's error body."""
+
+
+class NotFound(Exception):
+    """Answered as 404."""
+
+
+@dataclass
+class ApiCall:
+    """One authenticated request, with the caller's zone and the date format it asked for."""
+
+    request: SandboxRequest
+    user: dict
+    zone: ZoneInfo
+    iso: bool  # dateFormat=ISO8601
+
+    def body(self) -> dict:
+        return self.request.json() or {}
 
 
 # --- date-times --------------------------------------------------------------------------------------
@@ -587,6 +626,8 @@ class RaynetSandbox(Sandbox):
             return self._route(request, user)
         except BadRequest as error:
             return SandboxResponse(400, {"message": str(error)})
+        except NotFound as error:
+            return SandboxResponse(404, {"message": str(error)})
 
     def _authenticate(self, request: SandboxRequest) -> tuple[dict | None, SandboxResponse | None]:
         """Basic auth with the login e-mail and an API key, plus X-Instance-Name (reference §1)."""
@@ -635,62 +676,46 @@ class RaynetSandbox(Sandbox):
         return False
 
     def _route(self, request: SandboxRequest, user: dict) -> SandboxResponse:
-        zone = ZoneInfo(user["timezone"])
-        iso = request.arg("dateFormat") == "ISO8601"
-        path, method = request.path, request.method
-        entities = "|".join(ENTITIES)
-        if match := re.fullmatch(rf"({entities})/", path):
-            if method == "GET":
-                return self._list_activities(match[1], request, zone, iso)
-            if method == "PUT":
-                return self._create_activity(match[1], request.json() or {}, user, zone)
-        elif match := re.fullmatch(rf"({entities})/(\d+)/", path):
-            entity, activity_id = match[1], match[2]
-            if activity_id not in self.state["records"][entity]:
-                return self._not_found(entity, activity_id)
-            if method == "GET":
-                record = self._record(entity, activity_id)
-                return self._detail(self._render_activity(entity, record, detail=True, zone=zone, iso=iso))
-            if method == "POST":
-                return self._update_activity(entity, activity_id, request.json() or {}, user, zone)
-            if method == "DELETE":
-                record = self.state["records"][entity].pop(activity_id)
-                self._emit("record.deleted", entity, record, author=user["username"], source=self._api_source(user))
-                return SandboxResponse(200)
-        elif match := re.fullmatch(rf"({entities})/(\d+)/extId/(?:(.+?)/?)?", path):
-            return self._ext_id(match[1], match[2], match[3], request)
-        elif match := re.fullmatch(rf"({entities})/ext/(.+)/", path):
-            record = self._find_by_ext_id(match[1], unquote(match[2]))
-            if record is None:
-                return self._not_found(match[1], unquote(match[2]))
-            return self._detail(self._render_activity(match[1], record, detail=True, zone=zone, iso=iso))
-        elif path.startswith("webhook/"):
-            return self._webhook_endpoint(request)
-        elif path == "activity/" and method == "GET":
-            return self._list_all_activities(request, zone, iso)
-        elif path == "userAccount/" and method == "GET":
-            return self._list_users(request, zone, iso)
-        elif (match := re.fullmatch(r"userAccount/(\d+)/", path)) and method == "GET":
-            user_account = self.state["users"].get(match[1])
-            if user_account is None:
-                return self._not_found("userAccount", match[1])
-            return self._detail(self._render_user(user_account, detail=True, zone=zone, iso=iso))
-        elif path == "person/" and method == "GET":
-            return self._list_persons(request, zone, iso)
-        elif (match := re.fullmatch(r"person/(\d+)/", path)) and method == "GET":
-            person = self.state["persons"].get(match[1])
-            if person is None:
-                return self._not_found("person", match[1])
-            return self._detail(self._render_person(person, detail=True, zone=zone, iso=iso))
-        return SandboxResponse(404, {"message": f"No endpoint {method} /{path}"})
+        call = ApiCall(request, user, ZoneInfo(user["timezone"]), request.arg("dateFormat") == "ISO8601")
+        for method, pattern, handler in ROUTES:
+            if method == request.method and (match := re.fullmatch(pattern, request.path)):
+                return getattr(self, handler)(call, *match.groups())
+        raise NotFound(f"No endpoint {request.method} /{request.path}")
 
     @staticmethod
     def _detail(data: dict) -> SandboxResponse:
         return SandboxResponse(200, {"success": "true", "data": data})  # detail: the string "true" (§2)
 
     @staticmethod
-    def _not_found(entity: str, key: str) -> SandboxResponse:
-        return SandboxResponse(404, {"message": f"{entity} with id {key} was not found"})
+    def _list(total: int, data: list[dict], *, success: bool | str = True) -> SandboxResponse:
+        return SandboxResponse(200, {"success": success, "totalCount": total, "data": data})
+
+    def _existing(self, table: dict, key: str, what: str) -> dict:
+        if key not in table:
+            raise NotFound(f"{what} with id {key} was not found")
+        return table[key]
+
+    def _existing_activity(self, entity: str, activity_id: str) -> dict:
+        return self._existing(self.state["records"][entity], activity_id, entity)
+
+    # --- details -----------------------------------------------------------------------------------------
+    def _get_activity(self, call: ApiCall, entity: str, activity_id: str) -> SandboxResponse:
+        record = self._existing_activity(entity, activity_id)
+        return self._detail(self._render_activity(entity, record, detail=True, zone=call.zone, iso=call.iso))
+
+    def _get_by_ext_id(self, call: ApiCall, entity: str, ext_id: str) -> SandboxResponse:
+        record = self._find_by_ext_id(entity, unquote(ext_id))
+        if record is None:
+            raise NotFound(f"{entity} with extId {unquote(ext_id)} was not found")
+        return self._detail(self._render_activity(entity, record, detail=True, zone=call.zone, iso=call.iso))
+
+    def _get_user(self, call: ApiCall, user_id: str) -> SandboxResponse:
+        user = self._existing(self.state["users"], user_id, "userAccount")
+        return self._detail(self._render_user(user, detail=True, zone=call.zone, iso=call.iso))
+
+    def _get_person(self, call: ApiCall, person_id: str) -> SandboxResponse:
+        person = self._existing(self.state["persons"], person_id, "person")
+        return self._detail(self._render_person(person, detail=True, zone=call.zone, iso=call.iso))
 
     # --- lists -------------------------------------------------------------------------------------------
     def _activity_columns(self, zone: ZoneInfo) -> dict[str, tuple[Callable[[dict], Any], Callable[[str], Any]]]:
@@ -779,50 +804,43 @@ class RaynetSandbox(Sandbox):
         )
         return columns
 
-    def _list_activities(self, entity: str, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
-        rows = self._filtered(
-            self.state["records"][entity].values(), request, self._activity_columns(zone), self._activity_predicates()
-        )
-        total, page = self._page(rows, request, self._activity_sort_columns())
-        if request.arg("view") == "rowInfo":
-            data = [self._render_row_info(record, zone, iso) for record in page]
-        else:
-            data = [self._render_activity(entity, record, detail=False, zone=zone, iso=iso) for record in page]
-        return SandboxResponse(200, {"success": True, "totalCount": total, "data": data})  # list: boolean (§2)
+    def _list_activities(self, call: ApiCall, entity: str) -> SandboxResponse:
+        records = self.state["records"][entity].values()
+        rows = self._filtered(records, call.request, self._activity_columns(call.zone), self._activity_predicates())
+        total, page = self._page(rows, call.request, self._activity_sort_columns())
+        if call.request.arg("view") == "rowInfo":
+            return self._list(total, [self._render_row_info(record, call.zone, call.iso) for record in page])
+        data = [self._render_activity(entity, record, detail=False, zone=call.zone, iso=call.iso) for record in page]
+        return self._list(total, data)  # list: the boolean true (reference §2)
 
-    def _list_all_activities(self, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+    def _list_all_activities(self, call: ApiCall) -> SandboxResponse:
         """GET /activity/: every type, read-only, each row with `_entityName` (reference §3)."""
-        tagged = [(entity, record) for entity in ENTITIES for record in self.state["records"][entity].values()]
-        by_id = {record["id"]: entity for entity, record in tagged}
-        rows = self._filtered(
-            [r for _, r in tagged], request, self._activity_columns(zone), self._activity_predicates()
-        )
-        total, page = self._page(rows, request, self._activity_sort_columns())
+        entity_of = {r["id"]: entity for entity in ENTITIES for r in self.state["records"][entity].values()}
+        records = [r for entity in ENTITIES for r in self.state["records"][entity].values()]
+        rows = self._filtered(records, call.request, self._activity_columns(call.zone), self._activity_predicates())
+        total, page = self._page(rows, call.request, self._activity_sort_columns())
         data = [
             {
-                "_entityName": ENTITY_NAMES[by_id[r["id"]]],
-                **self._render_activity(by_id[r["id"]], r, detail=False, zone=zone, iso=iso),
+                "_entityName": ENTITY_NAMES[entity_of[r["id"]]],
+                **self._render_activity(entity_of[r["id"]], r, detail=False, zone=call.zone, iso=call.iso),
             }
             for r in page
         ]
-        return SandboxResponse(200, {"success": True, "totalCount": total, "data": data})
+        return self._list(total, data)
 
-    def _list_users(self, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+    def _list_users(self, call: ApiCall) -> SandboxResponse:
         columns = {
             "id": (lambda u: u["id"], as_int),
             "username": (lambda u: u["username"], str),
             "userRole": (lambda u: u["userRole"], str),
         }
-        rows = self._filtered(self.state["users"].values(), request, columns, {})
-        total, page = self._page(
-            rows,
-            request,
-            {"username": lambda u: u["username"], "userRole": lambda u: u["userRole"]},  # the spec's sort enum
-        )
-        data = [self._render_user(user, detail=False, zone=zone, iso=iso) for user in page]
-        return SandboxResponse(200, {"success": "true", "totalCount": total, "data": data})  # as the example
+        sort_columns = {"username": lambda u: u["username"], "userRole": lambda u: u["userRole"]}  # the spec's enum
+        rows = self._filtered(self.state["users"].values(), call.request, columns, {})
+        total, page = self._page(rows, call.request, sort_columns)
+        data = [self._render_user(user, detail=False, zone=call.zone, iso=call.iso) for user in page]
+        return self._list(total, data, success="true")  # a string here, as the example
 
-    def _list_persons(self, request: SandboxRequest, zone: ZoneInfo, iso: bool) -> SandboxResponse:
+    def _list_persons(self, call: ApiCall) -> SandboxResponse:
         columns = {
             "contactInfo.email": (lambda p: p["email"], str),
             "contactInfo.email2": (lambda p: p["email2"], str),
@@ -830,14 +848,15 @@ class RaynetSandbox(Sandbox):
             "firstName": (lambda p: p["firstName"], str),
             "lastName": (lambda p: p["lastName"], str),
         }
-        rows = self._filtered(self.state["persons"].values(), request, columns, {})
         sort_columns = {name: (lambda n: lambda p: p[n])(name) for name in ("id", "firstName", "lastName")}
-        total, page = self._page(rows, request, sort_columns)
-        data = [self._render_person(person, detail=False, zone=zone, iso=iso) for person in page]
-        return SandboxResponse(200, {"success": "true", "totalCount": total, "data": data})  # as the example
+        rows = self._filtered(self.state["persons"].values(), call.request, columns, {})
+        total, page = self._page(rows, call.request, sort_columns)
+        data = [self._render_person(person, detail=False, zone=call.zone, iso=call.iso) for person in page]
+        return self._list(total, data, success="true")  # a string here, as the example
 
     # --- writes ------------------------------------------------------------------------------------------
-    def _create_activity(self, entity: str, body: dict, user: dict, zone: ZoneInfo) -> SandboxResponse:
+    def _create_activity(self, call: ApiCall, entity: str) -> SandboxResponse:
+        body, user = call.body(), call.user
         missing = [name for name in ("title", "priority", "owner") if body.get(name) in (None, "")]
         if missing:
             raise BadRequest(f"Missing required field(s): {', '.join(missing)}")
@@ -845,7 +864,7 @@ class RaynetSandbox(Sandbox):
             raise BadRequest(f"Person with id {body['owner']} was not found")
         record = self._new_record(int(body["owner"]), user["username"])
         fields = {name: value for name, value in body.items() if name in CREATE_FIELDS[entity] - {"owner"}}
-        self._apply_fields(record, fields, zone)
+        self._apply_fields(record, fields, call.zone)
         if record["person"]:  # "ID of the contact that is a participant of the meeting" (create schema)
             record["participants"].append(self._participant(record["person"]))
         record["status"] = "SCHEDULED" if record["scheduledFrom"] else "NEW"  # UNCONFIRMED (reference §3)
@@ -853,15 +872,14 @@ class RaynetSandbox(Sandbox):
         self._emit("record.created", entity, record, author=user["username"], source=self._api_source(user))
         return SandboxResponse(201, {"success": True, "data": {"id": record["id"]}})
 
-    def _update_activity(
-        self, entity: str, activity_id: str, body: dict, user: dict, zone: ZoneInfo
-    ) -> SandboxResponse:
+    def _update_activity(self, call: ApiCall, entity: str, activity_id: str) -> SandboxResponse:
+        body, user = call.body(), call.user
         if "owner" in body:  # S7: sending owner on POST returns 403 (reference §3, Update schema)
             return SandboxResponse(403, {"message": "Field owner cannot be changed by update."})
-        record = json.loads(json.dumps(self._record(entity, activity_id)))  # all or nothing: edit a copy
+        record = json.loads(json.dumps(self._existing_activity(entity, activity_id)))  # all or nothing: a copy
         participants = body.get("participants")
         fields = {name: value for name, value in body.items() if name in UPDATE_FIELDS[entity] - {"participants"}}
-        self._apply_fields(record, fields, zone)
+        self._apply_fields(record, fields, call.zone)
         if participants:
             self._apply_participant_ops(record, participants)
         if record["status"] not in ("COMPLETED", "CANCELLED"):
@@ -870,6 +888,12 @@ class RaynetSandbox(Sandbox):
         self.state["records"][entity][activity_id] = record
         self._emit("record.updated", entity, record, author=user["username"], source=self._api_source(user))
         return SandboxResponse(200, {"success": True})
+
+    def _delete_activity(self, call: ApiCall, entity: str, activity_id: str) -> SandboxResponse:
+        record = self._existing_activity(entity, activity_id)
+        del self.state["records"][entity][activity_id]
+        self._emit("record.deleted", entity, record, author=call.user["username"], source=self._api_source(call.user))
+        return SandboxResponse(200)  # an empty body (reference §2)
 
     def _apply_fields(self, record: dict, fields: dict, zone: ZoneInfo) -> None:
         if fields.get("priority", "DEFAULT") not in PRIORITIES:
@@ -907,24 +931,22 @@ class RaynetSandbox(Sandbox):
                     {k: v for k, v in operation.items() if k in ("owner", "role", "person", "company", "lead")}
                 )
 
-    def _ext_id(self, entity: str, activity_id: str, ext_id: str | None, request: SandboxRequest) -> SandboxResponse:
-        if activity_id not in self.state["records"][entity]:
-            return self._not_found(entity, activity_id)
-        record = self._record(entity, activity_id)
-        if request.method == "PUT" and ext_id is None:
-            new_ext_id = str((request.json() or {}).get("extId") or "")
-            owner = self._find_by_ext_id(entity, new_ext_id)
-            if not new_ext_id or (owner is not None and owner is not record):
-                raise BadRequest(f"Invalid or already used extId {new_ext_id}")
-            if new_ext_id not in record["extIds"]:
-                if len(record["extIds"]) >= 10:  # reference §2: "A record can have up to 10"
-                    raise BadRequest("A record can have at most 10 extIds")
-                record["extIds"].append(new_ext_id)
-            return SandboxResponse(200, {"success": "true"})
-        if request.method == "DELETE" and ext_id is not None:
-            record["extIds"] = [value for value in record["extIds"] if value != unquote(ext_id)]
-            return SandboxResponse(200, {"success": "true"})
-        return SandboxResponse(404, {"message": f"No endpoint {request.method} /{request.path}"})
+    def _add_ext_id(self, call: ApiCall, entity: str, activity_id: str) -> SandboxResponse:
+        record = self._existing_activity(entity, activity_id)
+        ext_id = str(call.body().get("extId") or "")
+        holder = self._find_by_ext_id(entity, ext_id)
+        if not ext_id or (holder is not None and holder is not record):
+            raise BadRequest(f"Invalid or already used extId {ext_id}")
+        if ext_id not in record["extIds"]:
+            if len(record["extIds"]) >= 10:  # reference §2: "A record can have up to 10"
+                raise BadRequest("A record can have at most 10 extIds")
+            record["extIds"].append(ext_id)
+        return SandboxResponse(200, {"success": "true"})  # a string, as the example
+
+    def _remove_ext_id(self, call: ApiCall, entity: str, activity_id: str, ext_id: str) -> SandboxResponse:
+        record = self._existing_activity(entity, activity_id)
+        record["extIds"] = [value for value in record["extIds"] if value != unquote(ext_id)]
+        return SandboxResponse(200, {"success": "true"})
 
     def _find_by_ext_id(self, entity: str, ext_id: str) -> dict | None:
         return next((r for r in self.state["records"][entity].values() if ext_id in r["extIds"]), None)
@@ -974,34 +996,30 @@ class RaynetSandbox(Sandbox):
                 delivered += 1
         return delivered
 
-    def _webhook_endpoint(self, request: SandboxRequest) -> SandboxResponse:
-        """GET/PUT /webhook/, POST /webhook/technicalContact/, DELETE /webhook/{uuid}/ (reference §7)."""
-        if request.path == "webhook/" and request.method == "GET":
-            webhooks = [dict(webhook) for webhook in self.state["webhooks"]]
-            data = {"technicalContacts": self.state["technical_contacts"], "webhooks": webhooks}
-            return SandboxResponse(200, {"success": "true", "data": data})
-        if request.path == "webhook/" and request.method == "PUT":
-            body = request.json() or {}
-            if not str(body.get("url") or "").startswith("https://"):
-                raise BadRequest("Invalid webhook url")
-            webhook_id = uuid.uuid4().hex
-            self.state["webhooks"].append(
-                {
-                    "webhookId": webhook_id,
-                    "url": body["url"],
-                    "secretToken": body.get("secretToken"),
-                    "eventsFilter": list(body.get("events") or WEBHOOK_EVENTS),
-                }
-            )
-            return SandboxResponse(201, {"success": True, "data": {"uuid": webhook_id}})
-        if request.path == "webhook/technicalContact/" and request.method == "POST":
-            self.state["technical_contacts"] = list((request.json() or {}).get("technicalContacts") or [])
-            return SandboxResponse(200, {"success": True})
-        match = re.fullmatch(r"webhook/([0-9a-f]+)/", request.path)
-        if match and request.method == "DELETE":
-            before = len(self.state["webhooks"])
-            self.state["webhooks"] = [w for w in self.state["webhooks"] if w["webhookId"] != match[1]]
-            if len(self.state["webhooks"]) == before:
-                return self._not_found("webhook", match[1])
-            return SandboxResponse(200, {"success": True})
-        return SandboxResponse(404, {"message": f"No endpoint {request.method} /{request.path}"})
+    def _list_webhooks(self, call: ApiCall) -> SandboxResponse:
+        webhooks = [dict(webhook) for webhook in self.state["webhooks"]]
+        return self._detail({"technicalContacts": self.state["technical_contacts"], "webhooks": webhooks})
+
+    def _add_webhook(self, call: ApiCall) -> SandboxResponse:
+        body = call.body()
+        if not str(body.get("url") or "").startswith("https://"):
+            raise BadRequest("Invalid webhook url")
+        webhook = {
+            "webhookId": uuid.uuid4().hex,
+            "url": body["url"],
+            "secretToken": body.get("secretToken"),
+            "eventsFilter": list(body.get("events") or WEBHOOK_EVENTS),
+        }
+        self.state["webhooks"].append(webhook)
+        return SandboxResponse(201, {"success": True, "data": {"uuid": webhook["webhookId"]}})
+
+    def _set_technical_contacts(self, call: ApiCall) -> SandboxResponse:
+        self.state["technical_contacts"] = list(call.body().get("technicalContacts") or [])
+        return SandboxResponse(200, {"success": True})
+
+    def _remove_webhook(self, call: ApiCall, webhook_id: str) -> SandboxResponse:
+        webhook = next((w for w in self.state["webhooks"] if w["webhookId"] == webhook_id), None)
+        if webhook is None:
+            raise NotFound(f"webhook with id {webhook_id} was not found")
+        self.state["webhooks"].remove(webhook)
+        return SandboxResponse(200, {"success": True})
