@@ -340,7 +340,10 @@ def test_a_500_attribute_access_denied_is_a_permanent_permission_error(client, r
         client.list_activities("event")
 
     assert failure.value.kind == ErrorKind.PERMISSION and failure.value.permanent
-    assert failure.value.message == "Raynet: Nemáte dostatečná oprávnění pro tuto operaci."  # translatedMessage
+    assert failure.value.message == (
+        "The Raynet API user lacks a permission this needs. "
+        "Raynet says: “Nemáte dostatečná oprávnění pro tuto operaci.”"  # the translatedMessage
+    )
     assert raynet_sandbox.count() == 1  # a 500, yet never retried
 
 
@@ -356,7 +359,7 @@ def test_an_unknown_filter_is_a_validation_error_with_raynets_message(client):
         client.session.request("GET", "meeting/", params={"colour": "red"})
 
     assert failure.value.kind == ErrorKind.VALIDATION
-    assert failure.value.message == "Raynet: Unsupported filter column colour"
+    assert failure.value.message.endswith("Raynet says: “Unsupported filter column colour”")
 
 
 def test_a_spent_daily_budget_pauses_the_connection_until_the_reset(client, raynet_sandbox, raynet_connection):
@@ -446,8 +449,8 @@ def test_admins_see_translated_message_else_message():
     plain = classify(response(400, {"message": "Unsupported filter column x"}))
     empty = classify(response(502))
 
-    assert translated.message == "Raynet: Nelze"
-    assert plain.message == "Raynet: Unsupported filter column x"
+    assert translated.message == "Raynet refused the change. Raynet says: “Nelze”"
+    assert plain.message == "Raynet rejected the request (HTTP 400). Raynet says: “Unsupported filter column x”"
     assert empty.message == "Raynet had a server error (HTTP 502)."
 
 

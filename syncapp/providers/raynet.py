@@ -60,10 +60,10 @@ def error_body(response: requests.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def admin_message(body: dict, fallback: str) -> str:
-    """Raynet's own clients show `translatedMessage`, falling back to `message` (reference §6)."""
+def admin_message(plain: str, body: dict) -> str:
+    """Our plain words, then Raynet's: `translatedMessage`, else `message`, as Raynet's own clients show (§6)."""
     text = str(body.get("translatedMessage") or body.get("message") or "").strip()
-    return f"Raynet: {text[:300]}" if text else fallback
+    return f"{plain} Raynet says: “{text[:300]}”" if text else plain
 
 
 def header_int(response: requests.Response, name: str) -> int | None:
@@ -95,14 +95,14 @@ def classify(response: requests.Response) -> ProviderError:
     body = error_body(response)
     code = str(body.get("type") or body.get("message") or "")[:100]
 
-    def error(kind: ErrorKind, fallback: str, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(
-            admin_message(body, fallback), kind=kind, status=status, code=code, retry_after=retry_after
-        )
+    def error(kind: ErrorKind, plain: str, retry_after: float | None = None) -> ProviderError:
+        return ProviderError(admin_message(plain, body), kind=kind, status=status, code=code, retry_after=retry_after)
 
     if status in (429, 503) and is_budget_spent(response, body):
         return error(
-            ErrorKind.BUDGET_SPENT, "Raynet's daily API request limit is spent.", seconds_until_reset(response)
+            ErrorKind.BUDGET_SPENT,
+            "Raynet's daily API request limit is spent; syncing resumes when it resets (midnight UTC).",
+            seconds_until_reset(response),
         )
     if status == 429:  # more than 4 connections at once (reference §6): short back-off, then retry
         return error(
