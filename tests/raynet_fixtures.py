@@ -26,6 +26,11 @@ RAYNET_API_KEY = "raynet-test-key"
 
 @pytest.fixture
 def raynet_sandbox(http_mock) -> RaynetSandbox:
+    """The fake Raynet at RAYNET_BASE_URL, instance "acme"; RAYNET_API_USER may call it with RAYNET_API_KEY.
+
+    Read it with `activity(entity, id)`, `activities(entity)`, `count(method, path_regex)`; break it
+    with `inject_fault(...)`, `deny_permission(...)`, `set_daily_limit(...)`; move its clock with `set_now()`.
+    """
     sandbox = RaynetSandbox(instance=RAYNET_INSTANCE)
     sandbox.add_user(RAYNET_API_USER, "Acme Integration", api_key=RAYNET_API_KEY)
     register_with_responses(http_mock, RAYNET_BASE_URL, sandbox)
@@ -34,6 +39,11 @@ def raynet_sandbox(http_mock) -> RaynetSandbox:
 
 @pytest.fixture
 def raynet_retry_sleeps(monkeypatch) -> list[float]:
+    """Seconds ProviderSession would have slept between retries; nothing really sleeps.
+
+    Patches the class attribute `ProviderSession.sleep` for the test, so it covers every session,
+    including those the sync engine builds itself (a session's own `session.sleep = ...` still wins).
+    """
     sleeps: list[float] = []
     monkeypatch.setattr(ProviderSession, "sleep", staticmethod(sleeps.append), raising=False)
     return sleeps
@@ -41,6 +51,7 @@ def raynet_retry_sleeps(monkeypatch) -> list[float]:
 
 @pytest.fixture
 def raynet_connection(org, raynet_sandbox, raynet_retry_sleeps) -> RaynetConnection:
+    """The `org` fixture's Raynet connection, pointed at `raynet_sandbox`; retries do not sleep."""
     return RaynetConnection.objects.create(
         organization=org,
         instance_name=RAYNET_INSTANCE,
