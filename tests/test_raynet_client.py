@@ -12,10 +12,13 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 from django.db import connection as db_connection
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncapp.models import RaynetConnection
 from syncapp.providers.base import ErrorKind, ProviderError
 from syncapp.providers.raynet import RaynetClient, RaynetUser, classify, parse_datetime
+from syncapp.sandbox.raynet import render_datetime
 from tests.raynet_fixtures import RAYNET_API_KEY, RAYNET_API_USER, RAYNET_INSTANCE
 
 pytestmark = pytest.mark.django_db
@@ -549,3 +552,19 @@ def test_the_modified_since_watermark_overlaps_so_minute_precision_misses_nothin
     found = client.list_activities("meeting", modified_since=last_run)
 
     assert [activity["id"] for activity in found] == [meeting_id]
+
+
+@given(st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)))
+def test_iso_dates_round_trip_every_minute_even_in_the_repeated_autumn_hour(instant):
+    instant = instant.replace(second=0, microsecond=0)
+    rendered = render_datetime(instant.isoformat(), PRAGUE, iso=True)  # what the sandbox sends
+
+    assert parse_datetime(rendered, PRAGUE) == instant
+
+
+def test_naive_dates_cannot_tell_the_repeated_autumn_hour_apart_which_is_why_the_client_asks_for_iso():
+    first, second = datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+
+    assert render_datetime(first.isoformat(), PRAGUE, iso=False) == render_datetime(
+        second.isoformat(), PRAGUE, iso=False
+    )
