@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from syncapp.models import Membership, Organization, SyncPolicy
 
 # Sandbox fixtures (raynet_sandbox, raynet_connection, outlook_sandbox, outlook_connection) live beside.
-pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures"]
+pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures", "tests.sync_fixtures"]
 
 
 @pytest.fixture

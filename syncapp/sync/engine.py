@@ -445,7 +445,9 @@ class MappingSync:
         )
 
     def push_to_raynet(self, link: EventLink, event: dict, activity: dict | None, *, conflict=None) -> None:
-        activity = activity or self.raynet.get_activity(link.raynet_type, link.raynet_id)
+        if activity is None or any("id" not in p for p in activity.get("participants") or []):
+            # List rows carry no participant ids, which removing a participant needs: read the detail.
+            activity = self.raynet.get_activity(link.raynet_type, link.raynet_id)
         if activity is None:
             return self.restore_raynet(link, Pair(link=link, event=event, raynet_gone="deleted in Raynet"))
         time_blocker = self.is_time_blocker(event, link)

@@ -112,6 +112,14 @@ def outlook_is_private(event: dict) -> bool:
     return (event.get("sensitivity") or "normal").lower() in PRIVATE_SENSITIVITIES
 
 
+def outlook_body_text(event: dict) -> str:
+    """We ask for text bodies; an HTML one (the header was not honoured) is converted here."""
+    body = event.get("body") or {}
+    if (body.get("contentType") or "text").lower() == "html":
+        return html_to_text(body.get("content"))
+    return normalize_text(body.get("content"))
+
+
 def outlook_attendee_emails(event: dict) -> list[str]:
     emails = {
         (attendee.get("emailAddress") or {}).get("address", "").strip().lower()
@@ -145,7 +153,7 @@ def outlook_fingerprint(event: dict, *, time_blocker: bool = False) -> dict:
         return fingerprint
     fingerprint.update(
         title=normalize_text(event.get("subject")),
-        description=html_to_text((event.get("body") or {}).get("content")),
+        description=outlook_body_text(event),
         location=normalize_text((event.get("location") or {}).get("displayName")),
         attendees=outlook_attendee_emails(event),
     )
@@ -213,7 +221,7 @@ def raynet_fields_from_outlook(event: dict, *, zone: ZoneInfo, time_blocker: boo
     else:
         fields.update(
             title=normalize_text(event.get("subject")) or "(no subject)",
-            description=text_to_raynet_html(html_to_text((event.get("body") or {}).get("content"))),
+            description=text_to_raynet_html(outlook_body_text(event)),
             meetingPlace=normalize_text((event.get("location") or {}).get("displayName")),
         )
     return fields

@@ -1,0 +1,119 @@
+"""A whole organization wired to both sandboxes, for the sync engine's scenario tests.
+
+`world` has two mapped users, Alice and Bob, each with a Raynet account and a mailbox,
+plus a Raynet contact (a customer) and helpers to run a sync and read its trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.management import call_command
+
+from syncapp.models import EventLink, SyncLogEntry, SyncRun, UserMapping
+from syncapp.sync import sync_organization
+from tests.outlook_fixtures import OUTLOOK_TENANT_ID
+
+
+def soon(days: int = 1, hour: int = 10, minute: int = 0) -> datetime:
+    """A time inside the sync window: `days` from today at `hour`:`minute` UTC."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today + timedelta(days=days, hours=hour, minutes=minute)
+
+
+@dataclass
+class Person:
+    email: str
+    name: str
+    person_id: int
+    user_account_id: int
+    mailbox_id: str = ""
+    mapping: UserMapping | None = None
+
+
+@dataclass
+class World:
+    org: object
+    raynet: object  # RaynetSandbox
+    outlook: object  # GraphSandbox
+    alice: Person
+    bob: Person
+    customer_id: int
+    runs: list[SyncRun] = field(default_factory=list)
+
+    def sync(self, *, full: bool = False) -> list[SyncRun]:
+        runs = sync_organization(organization=self.org, trigger=SyncRun.Trigger.MANUAL, full=full)
+        self.runs = runs
+        for run in runs:
+            assert run.status in (SyncRun.Status.OK, SyncRun.Status.PARTIAL), (run.status, run.error)
+        return runs
+
+    def reasons(self, action: str | None = None) -> list[str]:
+        entries = SyncLogEntry.objects.filter(run__in=self.runs).order_by("pk")
+        if action:
+            entries = entries.filter(action=action)
+        return [entry.reason for entry in entries]
+
+    def links(self, person: Person | None = None) -> list[EventLink]:
+        links = EventLink.objects.filter(organization=self.org).order_by("pk")
+        return list(links.filter(mapping=person.mapping) if person else links)
+
+    def raynet_events(self, **match) -> list[dict]:
+        return [
+            record
+            for entity in ("meeting", "event")
+            for record in self.raynet.activities(entity)
+            if all(record.get(k) == v for k, v in match.items())
+        ]
+
+    def outlook_events(self, person: Person) -> list[dict]:
+        return self.outlook.occurrences(person.mailbox_id, soon(-40), soon(400))
+
+    def invitations(self, to: str | None = None) -> list[dict]:
+        return [m for m in self.outlook.sent_mail if m["kind"] == "invitation" and (to is None or m["to"] == to)]
+
+    def writes(self) -> dict[str, int]:
+        """Write requests both APIs received since the last reset_calls()."""
+        return {
+            "raynet": sum(self.raynet.count(m) for m in ("PUT", "POST", "DELETE")),
+            "outlook": sum(self.outlook.count(m, r"^v1\.0/users") for m in ("POST", "PATCH", "DELETE")),
+        }
+
+    def reset_calls(self) -> None:
+        self.raynet.reset_calls()
+        self.outlook.reset_calls()
+
+
+def add_person(world_raynet, world_outlook, email: str, name: str) -> Person:
+    user_account_id, person_id = world_raynet.add_user(email, name)
+    mailbox_id = world_outlook.add_user(OUTLOOK_TENANT_ID, email, name)
+    return Person(email, name, person_id, user_account_id, mailbox_id)
+
+
+def map_person(org, person: Person, **overrides) -> UserMapping:
+    person.mapping = UserMapping.objects.create(
+        organization=org,
+        raynet_user_id=person.user_account_id,
+        raynet_person_id=person.person_id,
+        raynet_email=person.email,
+        outlook_user_id=person.mailbox_id,
+        outlook_upn=person.email,
+        enabled=True,
+        **overrides,
+    )
+    return person.mapping
+
+
+@pytest.fixture
+def world(org, raynet_connection, outlook_connection, raynet_sandbox, outlook_sandbox) -> World:
+    alice = add_person(raynet_sandbox, outlook_sandbox, "alice@acme.test", "Alice Novak")
+    bob = add_person(raynet_sandbox, outlook_sandbox, "bob@acme.test", "Bob Dvorak")
+    map_person(org, alice)
+    map_person(org, bob)
+    customer_id = raynet_sandbox.add_person("jan@customer.test", "Jan Zakaznik")
+    return World(org=org, raynet=raynet_sandbox, outlook=outlook_sandbox, alice=alice, bob=bob, customer_id=customer_id)
+
+
+__all__ = ["World", "call_command", "map_person", "add_person", "soon"]
