@@ -33,6 +33,9 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
     mappings = list(organization.mappings.filter(enabled=True).order_by("pk"))
     if not mappings or not organization.policy.sync_enabled:
         return []
+    if not_ready_reason(mappings[0]):
+        # Nothing can be read (a connection missing, stopped or paused): each mapping records why.
+        return [sync_mapping(mapping=mapping, trigger=trigger) for mapping in mappings]
     raynet, outlook = make_clients(organization)
     directory = RaynetDirectory(raynet)
     read_at = timezone.now()
