@@ -28,6 +28,9 @@ if not SECRET_ENCRYPTION_KEYS:
         "SECRET_ENCRYPTION_KEYS is not set. It is required when DEBUG is off; see the configuration table in README.md."
     )
 
+# Our fakes of Raynet and Graph served over HTTP (demo); never on in production by default.
+SANDBOX_ENABLED = envbool("SANDBOX_ENABLED", "True" if DEBUG else "False")
+
 PUBLIC_BASE_URL = envstr("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -8,3 +9,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("syncapp.urls")),
 ]
+
+if settings.SANDBOX_ENABLED:
+    urlpatterns.insert(0, path("sandbox/", include("syncapp.sandbox.urls")))

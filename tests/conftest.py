@@ -12,6 +12,14 @@ from syncapp.models import Membership, Organization, SyncPolicy
 pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures", "tests.sync_fixtures"]
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """No persistent connections in tests: a live server's thread must not keep the test database open."""
+    from django.conf import settings
+
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
 @pytest.fixture
 def http_mock():
     """All HTTP of a test goes to the sandboxes registered here; anything else is an error."""
