@@ -50,6 +50,12 @@ class World:
             assert run.status in (SyncRun.Status.OK, SyncRun.Status.PARTIAL), (run.status, run.error)
         return runs
 
+    def set_policy(self, **fields) -> None:
+        policy = self.org.policy
+        for name, value in fields.items():
+            setattr(policy, name, value)
+        policy.save()
+
     def reasons(self, action: str | None = None) -> list[str]:
         entries = SyncLogEntry.objects.filter(run__in=self.runs).order_by("pk")
         if action:

@@ -13,13 +13,6 @@ from tests.sync_fixtures import soon
 pytestmark = pytest.mark.django_db
 
 
-def set_policy(world, **fields) -> None:
-    policy = world.org.policy
-    for name, value in fields.items():
-        setattr(policy, name, value)
-    policy.save()
-
-
 def synced_outlook_event(world, subject="Planning", days=2):
     event_id = world.outlook.person_create_event(world.alice.mailbox_id, subject, soon(days, 9), soon(days, 10))
     world.sync()
@@ -50,7 +43,7 @@ def test_an_outlook_deletion_marks_the_raynet_activity_cancelled_by_default(worl
 
 
 def test_an_outlook_deletion_deletes_the_raynet_activity_when_policy_is_delete(world):
-    set_policy(world, deletion_mode="delete")
+    world.set_policy(deletion_mode="delete")
     event_id, record_id = synced_outlook_event(world)
     world.outlook.person_delete_event(world.alice.mailbox_id, event_id)
     world.sync()
@@ -59,7 +52,7 @@ def test_an_outlook_deletion_deletes_the_raynet_activity_when_policy_is_delete(w
 
 
 def test_an_outlook_deletion_is_ignored_when_policy_is_ignore(world):
-    set_policy(world, deletion_mode="ignore")
+    world.set_policy(deletion_mode="ignore")
     event_id, record_id = synced_outlook_event(world)
     world.outlook.person_delete_event(world.alice.mailbox_id, event_id)
     world.reset_calls()

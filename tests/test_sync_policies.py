@@ -12,13 +12,6 @@ from tests.sync_fixtures import add_person, soon
 pytestmark = pytest.mark.django_db
 
 
-def set_policy(world, **fields) -> None:
-    policy = world.org.policy
-    for name, value in fields.items():
-        setattr(policy, name, value)
-    policy.save()
-
-
 # --- 1. private Outlook events ------------------------------------------------------------------
 
 
@@ -34,7 +27,7 @@ def test_private_events_sync_like_others_when_policy_is_standard(world):
 
 
 def test_private_events_become_time_blockers_with_nothing_but_the_time(world):
-    set_policy(world, private_events_mode="time_blocker")
+    world.set_policy(private_events_mode="time_blocker")
     world.outlook.person_create_event(
         world.alice.mailbox_id,
         "Doctor",
@@ -55,7 +48,7 @@ def test_private_events_become_time_blockers_with_nothing_but_the_time(world):
 
 
 def test_later_edits_of_a_time_blocker_update_only_its_time(world):
-    set_policy(world, private_events_mode="time_blocker")
+    world.set_policy(private_events_mode="time_blocker")
     event_id = world.outlook.person_create_event(world.alice.mailbox_id, "Doctor", soon(2, 8), soon(2, 9), private=True)
     world.sync()
     world.outlook.person_edit_event(
@@ -71,7 +64,7 @@ def test_later_edits_of_a_time_blocker_update_only_its_time(world):
 
 
 def test_a_time_blocker_edited_in_raynet_moves_the_outlook_event_but_keeps_its_subject(world):
-    set_policy(world, private_events_mode="time_blocker")
+    world.set_policy(private_events_mode="time_blocker")
     event_id = world.outlook.person_create_event(world.alice.mailbox_id, "Doctor", soon(2, 8), soon(2, 9), private=True)
     world.sync()
     [record] = world.raynet_events()
@@ -84,7 +77,7 @@ def test_a_time_blocker_edited_in_raynet_moves_the_outlook_event_but_keeps_its_s
 
 
 def test_private_events_are_skipped_when_policy_is_skip(world):
-    set_policy(world, private_events_mode="skip")
+    world.set_policy(private_events_mode="skip")
     world.outlook.person_create_event(world.alice.mailbox_id, "Doctor", soon(2, 8), soon(2, 9), private=True)
     world.sync()
 
@@ -93,7 +86,7 @@ def test_private_events_are_skipped_when_policy_is_skip(world):
 
 
 def test_an_event_made_private_later_leaves_the_sync_scope_when_policy_is_skip(world):
-    set_policy(world, private_events_mode="skip")
+    world.set_policy(private_events_mode="skip")
     event_id = world.outlook.person_create_event(world.alice.mailbox_id, "Team lunch", soon(2, 12), soon(2, 13))
     world.sync()
     world.outlook.person_edit_event(world.alice.mailbox_id, event_id, private=True)
@@ -106,7 +99,7 @@ def test_an_event_made_private_later_leaves_the_sync_scope_when_policy_is_skip(w
 
 
 def test_an_event_made_private_later_becomes_a_time_blocker(world):
-    set_policy(world, private_events_mode="time_blocker")
+    world.set_policy(private_events_mode="time_blocker")
     event_id = world.outlook.person_create_event(
         world.alice.mailbox_id, "Interview", soon(3, 9), soon(3, 10), body="Candidate CV attached"
     )
@@ -120,7 +113,7 @@ def test_an_event_made_private_later_becomes_a_time_blocker(world):
 
 
 def test_a_user_override_wins_over_the_organization_policy(world):
-    set_policy(world, private_events_mode="standard")
+    world.set_policy(private_events_mode="standard")
     world.alice.mapping.private_events_mode = "skip"
     world.alice.mapping.save()
     world.outlook.person_create_event(world.alice.mailbox_id, "Private A", soon(2, 8), soon(2, 9), private=True)
@@ -161,7 +154,7 @@ def test_activities_already_completed_when_first_seen_are_not_pushed(world):
 
 
 def test_completed_activities_keep_syncing_when_sync_completed_is_on(world):
-    set_policy(world, sync_completed=True)
+    world.set_policy(sync_completed=True)
     meeting_id = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Visit", soon(1, 9), soon(1, 10))
     world.sync()
     world.raynet.ui_complete_activity("meeting", meeting_id)
@@ -260,7 +253,7 @@ def test_the_latest_change_wins_a_conflict_and_the_loser_is_kept_in_the_log(worl
 
 @pytest.mark.parametrize("winner", ["raynet", "outlook"])
 def test_a_fixed_conflict_winner_always_wins(world, winner):
-    set_policy(world, conflict_winner=winner)
+    world.set_policy(conflict_winner=winner)
     event_id, record_id = make_conflict(
         world, raynet_title="From Raynet", outlook_title="From Outlook", raynet_last=winner == "outlook"
     )
