@@ -74,6 +74,7 @@ class MappingSync:
     deletions: list[PlannedDeletion] = field(default_factory=list)
     links_by_outlook: dict[str, EventLink] = field(default_factory=dict)
     links_by_raynet: dict[tuple[str, int], EventLink] = field(default_factory=dict)
+    hold_cursors: bool = False  # a change failed to sync: read it again next run
 
     # --- entry ------------------------------------------------------------------------------------
     def run(self, *, full: bool, raynet_changes: list[dict] | None) -> bool:
@@ -91,7 +92,7 @@ class MappingSync:
         self.check_series(pairs, delta)
         for pair in pairs.values():
             self.reconcile_safely(pair)
-        released = self.carry_out_deletions()
+        released = self.carry_out_deletions() and not self.hold_cursors
         if released:
             self.mapping.graph_delta_link = delta.delta_link
             self.mapping.graph_delta_window_start = self.window[0].date()
@@ -222,9 +223,13 @@ class MappingSync:
     # --- crash recovery ---------------------------------------------------------------------------
     def finish_pending_creates(self) -> None:
         """Links whose create was started by a run that died: find what it made, or make it now."""
-        pending = EventLink.objects.filter(mapping=self.mapping, state=ACTIVE).filter(
-            outlook_event_id__isnull=True
-        ) | EventLink.objects.filter(mapping=self.mapping, state=ACTIVE, raynet_id__isnull=True)
+        # The very instances load_links indexed: a second copy would go stale once finished here, and
+        # saving that copy later in the run would write the missing id back as empty.
+        pending = [
+            link
+            for link in self.active_links()
+            if link.state == ACTIVE and (link.outlook_event_id is None or link.raynet_id is None)
+        ]
         for link in pending:
             try:
                 if link.outlook_event_id is None:
@@ -279,6 +284,10 @@ class MappingSync:
         except ProviderError as error:
             if error.permanent or error.kind == ErrorKind.BUDGET_SPENT:
                 raise
+            # Past the cursors, a change comes back only when they stay put; a failed create alone
+            # needs no such help, its saved intent link is finished by the next run.
+            if not self.left_intent(pair):
+                self.hold_cursors = True
             self.log.record(
                 "error",
                 f"Not synced this time: {error.message}",
@@ -287,6 +296,16 @@ class MappingSync:
                 raynet=_raynet_key(pair.activity),
                 details={"kind": error.kind.value},
             )
+
+    def left_intent(self, pair: Pair) -> bool:
+        """Whether a failed create of a not yet linked item saved its intent link (see finish_pending_creates)."""
+        if pair.link is not None:
+            return False
+        links = EventLink.objects.filter(mapping=self.mapping, state=ACTIVE)
+        if pair.event is not None:
+            return links.filter(outlook_event_id=pair.event["id"]).exists()
+        key = _raynet_key(pair.activity)
+        return key is not None and links.filter(raynet_type=key[0], raynet_id=key[1]).exists()
 
     def reconcile(self, pair: Pair) -> None:
         link = pair.link
@@ -664,6 +683,7 @@ class MappingSync:
             except ProviderError as error:
                 if error.permanent:
                     raise
+                self.hold_cursors = True  # the deletion is reported once: read it again next run
                 self.log.record("error", f"Deletion not done this time: {error.message}", link=deletion.link)
         return True
 
