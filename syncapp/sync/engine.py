@@ -139,7 +139,7 @@ class MappingSync:
             return pairs.setdefault(link.pk if link else key, Pair(link=link))
 
         for event in delta.events:
-            link = self.links_by_outlook.get(event["id"])
+            link = self.links_by_outlook.get(event["id"]) or self.moved_occurrence_link(event, delta)
             pair = pair_for(link, ("outlook", event["id"]))
             if event.get("isCancelled") and link:
                 pair.outlook_gone = "cancelled in Outlook"
@@ -154,6 +154,24 @@ class MappingSync:
             link = self.links_by_raynet.get(key)
             pair_for(link, ("raynet", key)).activity = activity
         return pairs
+
+    def moved_occurrence_link(self, event: dict, delta) -> EventLink | None:
+        """Moving a whole series gives each occurrence a new id, but its iCalUId (which carries the
+        occurrence's date) stays: the copy is kept and updated rather than cancelled and made again."""
+        master_id, ical_uid = event.get("seriesMasterId"), event.get("iCalUId")
+        if not master_id or not ical_uid:
+            return None
+        for link in self.links_of_series(master_id):
+            old_id = link.outlook_event_id
+            if link.ical_uid != ical_uid or old_id == event["id"]:
+                continue
+            if old_id in delta.removed_ids or (delta.full and all(e["id"] != old_id for e in delta.events)):
+                self.links_by_outlook.pop(old_id, None)
+                link.outlook_event_id = event["id"]
+                link.save()  # the old id is gone for good: a run that dies now must not look for it
+                self.links_by_outlook[link.outlook_event_id] = link
+                return link
+        return None
 
     def confirm_outlook_removal(self, pair: Pair, event_id: str) -> None:
         """The delta reports deletions and events that left the window alike: ask which it was."""
