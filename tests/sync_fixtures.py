@@ -122,4 +122,45 @@ def world(org, raynet_connection, outlook_connection, raynet_sandbox, outlook_sa
     return World(org=org, raynet=raynet_sandbox, outlook=outlook_sandbox, alice=alice, bob=bob, customer_id=customer_id)
 
 
-__all__ = ["World", "call_command", "map_person", "add_person", "soon"]
+def build_world(rsps, *, name: str = "Acme s.r.o.") -> World:
+    """As the `world` fixture, but new each call, for tests that need many worlds (hypothesis examples).
+
+    The sandboxes answer on `rsps` (a fresh, started responses.RequestsMock); Django settings must
+    already point Microsoft at the sandbox (as `outlook_sandbox` does) and MSAL's cached apps must be
+    reset (reset_token_apps), or a token of an earlier sandbox would be sent.
+    """
+    from syncapp.models import MicrosoftConnection, Organization, RaynetConnection, SyncPolicy
+    from syncapp.sandbox.base import register_with_responses
+    from syncapp.sandbox.outlook import GraphSandbox
+    from syncapp.sandbox.raynet import RaynetSandbox
+    from tests.outlook_fixtures import GRAPH_HOST, LOGIN_HOST, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET
+    from tests.raynet_fixtures import RAYNET_API_KEY, RAYNET_API_USER, RAYNET_BASE_URL, RAYNET_INSTANCE
+
+    raynet = RaynetSandbox(instance=RAYNET_INSTANCE)
+    raynet.add_user(RAYNET_API_USER, "Acme Integration", api_key=RAYNET_API_KEY)
+    register_with_responses(rsps, RAYNET_BASE_URL, raynet)
+    outlook = GraphSandbox()
+    outlook.add_tenant(OUTLOOK_TENANT_ID, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET)
+    register_with_responses(rsps, GRAPH_HOST, outlook)
+    register_with_responses(rsps, LOGIN_HOST, outlook)
+    org = Organization.objects.create(name=name)
+    SyncPolicy.objects.create(organization=org, sync_enabled=True)
+    RaynetConnection.objects.create(
+        organization=org,
+        instance_name=RAYNET_INSTANCE,
+        api_base_url=RAYNET_BASE_URL,
+        api_user_email=RAYNET_API_USER,
+        api_key=RAYNET_API_KEY,
+    )
+    MicrosoftConnection.objects.create(
+        organization=org, tenant_id=OUTLOOK_TENANT_ID, consent=MicrosoftConnection.Consent.GRANTED
+    )
+    alice = add_person(raynet, outlook, "alice@acme.test", "Alice Novak")
+    bob = add_person(raynet, outlook, "bob@acme.test", "Bob Dvorak")
+    map_person(org, alice)
+    map_person(org, bob)
+    customer_id = raynet.add_person("jan@customer.test", "Jan Zakaznik")
+    return World(org=org, raynet=raynet, outlook=outlook, alice=alice, bob=bob, customer_id=customer_id)
+
+
+__all__ = ["World", "build_world", "call_command", "map_person", "add_person", "soon"]

@@ -146,6 +146,25 @@ def test_a_run_killed_around_the_raynet_create_leaves_one_raynet_event_after_the
         assert list(found) == ["Found the Raynet activity an interrupted run had created."]
 
 
+def test_an_outlook_event_deleted_after_a_killed_run_is_cancelled_in_raynet_by_the_rerun(world, monkeypatch):
+    event_id = world.outlook.person_create_event(world.alice.mailbox_id, "Visit", soon(6, 9), soon(6, 10))
+    crash_after(monkeypatch, RaynetClient, "create_activity")
+    with pytest.raises(Crash):
+        world.sync()
+
+    world.outlook.person_delete_event(world.alice.mailbox_id, event_id)
+    world.sync()
+    world.sync()
+
+    [record] = world.raynet_events()
+    assert record["status"] == "CANCELLED"
+    [link] = world.links(world.alice)
+    assert (link.raynet_id, link.state) == (record["id"], EventLink.State.DELETED)
+    assert SyncLogEntry.objects.filter(action="cancelled").values_list("reason", flat=True).get() == (
+        "deleted in Outlook: cancelled on the other side"
+    )
+
+
 def test_a_run_killed_while_saving_the_link_state_is_finished_without_duplicates(world, monkeypatch):
     world.raynet.ui_create_activity("meeting", world.alice.person_id, "Board", soon(5, 9), soon(5, 10))
     world.outlook.person_create_event(world.alice.mailbox_id, "Gym", soon(5, 18), soon(5, 19))

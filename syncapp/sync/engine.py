@@ -186,9 +186,14 @@ class MappingSync:
     def find_missing_outlook(self, pairs: dict, seen: set[str]) -> None:
         """After a full read, a linked event inside the window that did not show up is looked up once."""
         for link in self.active_links_in_window():
-            if link.outlook_event_id and link.outlook_event_id not in seen and link.pk not in pairs:
+            if link.outlook_event_id and link.outlook_event_id not in seen:
+                paired = link.pk in pairs
                 pair = pairs.setdefault(link.pk, Pair(link=link))
-                self.confirm_outlook_removal(pair, link.outlook_event_id)
+                # Also when the Raynet side is paired (a full Raynet read lists every linked record): a full
+                # delta reports no deletions, so this lookup is the only way to notice one. A paired
+                # occurrence is left to check_series, which lists its series once.
+                if not paired or (pair.event is None and not pair.outlook_gone and not link.series_master_id):
+                    self.confirm_outlook_removal(pair, link.outlook_event_id)
 
     def find_missing_raynet(self, pairs: dict, seen: set[tuple[str, int]]) -> None:
         """Raynet has no tombstones: a linked record missing from the window listing is fetched; gone = deleted."""
@@ -303,8 +308,9 @@ class MappingSync:
             if error.permanent or error.kind == ErrorKind.BUDGET_SPENT:
                 raise
             # Past the cursors, a change comes back only when they stay put; a failed create alone
-            # needs no such help, its saved intent link is finished by the next run.
-            if not self.left_intent(pair):
+            # needs no such help, its saved intent link is finished by the next run. A rejected change
+            # would fail again: it waits for the next edit or the daily full read, not for every run.
+            if error.retryable and not self.left_intent(pair):
                 self.hold_cursors = True
             self.log.record(
                 "error",
@@ -701,7 +707,7 @@ class MappingSync:
             except ProviderError as error:
                 if error.permanent:
                     raise
-                self.hold_cursors = True  # the deletion is reported once: read it again next run
+                self.hold_cursors = self.hold_cursors or error.retryable  # reported once: read it again
                 self.log.record("error", f"Deletion not done this time: {error.message}", link=deletion.link)
         return True
 
