@@ -99,6 +99,7 @@ class Player:
         self.monkeypatch = monkeypatch
         self.titles = itertools.count(1)
         self.series: list[tuple[str, str, datetime]] = []  # (mailbox, series id, first start)
+        self.outlook_clock = datetime.now(UTC)
 
     def person(self, name: str):
         return getattr(self.world, name)
@@ -122,6 +123,9 @@ class Player:
         ]
 
     def play(self, action: tuple) -> None:
+        # People act seconds apart, not microseconds: Outlook's timestamps tell an edit from a create.
+        self.outlook_clock += timedelta(seconds=10)
+        self.world.outlook.set_now(self.outlook_clock)
         name, *args = action
         getattr(self, name.replace(" ", "_"))(*args)
 

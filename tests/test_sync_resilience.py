@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from urllib.parse import quote
 
@@ -163,6 +163,42 @@ def test_an_outlook_event_deleted_after_a_killed_run_is_cancelled_in_raynet_by_t
     assert SyncLogEntry.objects.filter(action="cancelled").values_list("reason", flat=True).get() == (
         "deleted in Outlook: cancelled on the other side"
     )
+
+
+def test_an_outlook_edit_of_an_event_a_killed_run_created_reaches_raynet_after_the_rerun(world, monkeypatch):
+    meeting_id = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Plan", soon(6, 9), soon(6, 10))
+    crash_after(monkeypatch, OutlookClient, "create_event")
+    with pytest.raises(Crash):
+        world.sync()
+    [event] = world.outlook_events(world.alice)
+
+    world.outlook.set_now(datetime.now(UTC) + timedelta(minutes=3))  # Alice edits it a few minutes later
+    world.outlook.person_edit_event(
+        world.alice.mailbox_id, event["id"], subject="Plan (moved)", start=soon(6, 11), end=soon(6, 12)
+    )
+    world.sync()
+    world.sync()
+
+    assert world.raynet.activity("meeting", meeting_id)["title"] == "Plan (moved)"
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Plan (moved)"]
+    assert len(world.links()) == 1
+
+
+def test_a_raynet_cancel_of_an_activity_a_killed_run_created_reaches_outlook_after_the_rerun(world, monkeypatch):
+    world.outlook.person_create_event(world.bob.mailbox_id, "Review", soon(6, 9), soon(6, 10))
+    crash_after(monkeypatch, RaynetClient, "create_activity")
+    with pytest.raises(Crash):
+        world.sync()
+    [record] = world.raynet_events()
+
+    world.raynet.ui_cancel_activity("event", record["id"])
+    world.sync()
+    world.sync()
+
+    assert world.outlook_events(world.bob) == []
+    [link] = world.links(world.bob)
+    assert link.state == EventLink.State.DELETED
+    assert world.raynet.activity("event", record["id"])["status"] == "CANCELLED"
 
 
 def test_a_run_killed_while_saving_the_link_state_is_finished_without_duplicates(world, monkeypatch):

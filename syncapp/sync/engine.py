@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -266,6 +266,8 @@ class MappingSync:
         event = self.outlook.find_event_by_link_uid(self.mapping.outlook_user_id, str(link.uid))
         if event is not None:
             self.store_outlook_state(link, event)
+            if _edited_since_created(event):
+                link.outlook_hash = ""  # the user's edits since our create are changes to sync, not our baseline
             link.save()
             self.links_by_outlook[link.outlook_event_id] = link
             self.log.record(
@@ -285,6 +287,8 @@ class MappingSync:
         if found is not None:
             link.raynet_id = found["id"]
             self.store_raynet_state(link, found)
+            if found.get("rowInfo.updatedBy") != found.get("rowInfo.createdBy"):
+                link.raynet_hash = ""  # someone edited it since our create: changes to sync, not our baseline
             link.save()
             self.links_by_raynet[(link.raynet_type, link.raynet_id)] = link
             self.log.record(
@@ -815,6 +819,12 @@ def raynet_ext_id(link: EventLink) -> str:
 
 def _raynet_key(activity: dict | None) -> tuple[str, int | None] | None:
     return (activity["_entity"], activity["id"]) if activity else None
+
+
+def _edited_since_created(event: dict) -> bool:
+    """Whether a person changed the event after it was created (Graph stamps a create a moment apart)."""
+    created, modified = _parse_iso(event.get("createdDateTime")), _parse_iso(event.get("lastModifiedDateTime"))
+    return bool(created and modified and modified - created > timedelta(seconds=5))
 
 
 def _parse_iso(value: str | None) -> datetime | None:
