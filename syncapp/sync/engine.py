@@ -509,16 +509,7 @@ class MappingSync:
         self.store_raynet_state(link, expected)
         self.store_outlook_state(link, event)
         link.save()
-        if conflict:
-            self.log.record(
-                "conflict",
-                "conflict: both sides changed; Outlook change kept",
-                direction=TO_RAYNET,
-                link=link,
-                details={"lost": conflict},
-            )
-        else:
-            self.log.record("updated", "updated Raynet from the Outlook change", direction=TO_RAYNET, link=link)
+        self.log_update(link, TO_RAYNET, conflict)
 
     def participant_changes(self, link, activity, event, time_blocker) -> tuple[set[int], list[dict]]:
         """Participants after applying the Outlook attendee changes since the last sync (see link.outlook_attendees)."""
@@ -626,16 +617,15 @@ class MappingSync:
         self.store_outlook_state(link, updated)
         self.store_raynet_state(link, activity)
         link.save()
+        self.log_update(link, TO_OUTLOOK, conflict)
+
+    def log_update(self, link: EventLink, direction: str, conflict: dict | None) -> None:
+        source, target = ("Outlook", "Raynet") if direction == TO_RAYNET else ("Raynet", "Outlook")
         if conflict:
-            self.log.record(
-                "conflict",
-                "conflict: both sides changed; Raynet change kept",
-                direction=TO_OUTLOOK,
-                link=link,
-                details={"lost": conflict},
-            )
+            reason = f"conflict: both sides changed; {source} change kept"
+            self.log.record("conflict", reason, direction=direction, link=link, details={"lost": conflict})
         else:
-            self.log.record("updated", "updated Outlook from the Raynet change", direction=TO_OUTLOOK, link=link)
+            self.log.record("updated", f"updated {target} from the {source} change", direction=direction, link=link)
 
     def add_attendee_changes(self, patch: dict, link: EventLink, activity: dict, event: dict) -> None:
         """Attendees are rewritten only when Raynet's participant set changed, so Outlook never re-invites."""
