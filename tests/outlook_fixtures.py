@@ -63,3 +63,15 @@ def outlook_connection(org, outlook_sandbox) -> MicrosoftConnection:
     return MicrosoftConnection.objects.create(
         organization=org, tenant_id=OUTLOOK_TENANT_ID, consent=MicrosoftConnection.Consent.GRANTED
     )
+
+
+@pytest.fixture
+def alice(outlook_sandbox) -> str:
+    """Alice's mailbox (user id) in the sandbox tenant."""
+    return outlook_sandbox.add_user(OUTLOOK_TENANT_ID, "alice@acme.test", "Alice Novak")
+
+
+@pytest.fixture
+def bob(outlook_sandbox) -> str:
+    """Bob's mailbox (user id) in the sandbox tenant."""
+    return outlook_sandbox.add_user(OUTLOOK_TENANT_ID, "bob@acme.test", "Bob Dvorak")

@@ -33,16 +33,6 @@ def at(day: int, hour: int = 9) -> datetime:
 
 
 @pytest.fixture
-def alice(outlook_sandbox) -> str:
-    return outlook_sandbox.add_user(OUTLOOK_TENANT_ID, "alice@acme.test", "Alice Novak")
-
-
-@pytest.fixture
-def bob(outlook_sandbox) -> str:
-    return outlook_sandbox.add_user(OUTLOOK_TENANT_ID, "bob@acme.test", "Bob Dvorak")
-
-
-@pytest.fixture
 def client(outlook_connection) -> OutlookClient:
     return OutlookClient(outlook_connection)
 

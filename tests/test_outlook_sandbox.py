@@ -26,16 +26,6 @@ def sandbox(outlook_sandbox) -> GraphSandbox:
 
 
 @pytest.fixture
-def alice(sandbox) -> str:
-    return sandbox.add_user(OUTLOOK_TENANT_ID, "alice@acme.test", "Alice Novak")
-
-
-@pytest.fixture
-def bob(sandbox) -> str:
-    return sandbox.add_user(OUTLOOK_TENANT_ID, "bob@acme.test", "Bob Dvorak")
-
-
-@pytest.fixture
 def token(sandbox) -> str:
     reply = requests.post(
         f"{LOGIN_HOST}/{OUTLOOK_TENANT_ID}/oauth2/v2.0/token",

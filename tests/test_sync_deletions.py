@@ -145,15 +145,19 @@ def test_an_event_moved_out_of_the_window_is_not_a_deletion(world):
 # --- the mass-delete guard ----------------------------------------------------------------------
 
 
-@override_settings(MASS_DELETE_MIN_COUNT=3, MASS_DELETE_MIN_PERCENT=25)
-def test_a_run_that_would_delete_too_much_deletes_nothing_and_flags_the_mailbox(world):
+def delete_some_of_six_synced_events(world, count: int) -> None:
     ids = [
         world.outlook.person_create_event(world.alice.mailbox_id, f"E{n}", soon(2, 8 + n), soon(2, 9 + n))
         for n in range(6)
     ]
     world.sync()
-    for event_id in ids[:5]:
+    for event_id in ids[:count]:
         world.outlook.person_delete_event(world.alice.mailbox_id, event_id)
+
+
+@override_settings(MASS_DELETE_MIN_COUNT=3, MASS_DELETE_MIN_PERCENT=25)
+def test_a_run_that_would_delete_too_much_deletes_nothing_and_flags_the_mailbox(world):
+    delete_some_of_six_synced_events(world, 5)
     world.reset_calls()
     world.sync()
 
@@ -177,13 +181,7 @@ def test_a_run_that_would_delete_too_much_deletes_nothing_and_flags_the_mailbox(
 
 @override_settings(MASS_DELETE_MIN_COUNT=3, MASS_DELETE_MIN_PERCENT=25)
 def test_a_few_deletions_pass_the_guard(world):
-    ids = [
-        world.outlook.person_create_event(world.alice.mailbox_id, f"E{n}", soon(2, 8 + n), soon(2, 9 + n))
-        for n in range(6)
-    ]
-    world.sync()
-    for event_id in ids[:2]:
-        world.outlook.person_delete_event(world.alice.mailbox_id, event_id)
+    delete_some_of_six_synced_events(world, 2)
     world.sync()
 
     assert sorted(r["status"] for r in world.raynet_events()) == ["CANCELLED"] * 2 + ["SCHEDULED"] * 4
