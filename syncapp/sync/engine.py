@@ -645,6 +645,8 @@ class MappingSync:
         """Gone in Outlook but edited in Raynet: the edit wins and the event is created again."""
         self.links_by_outlook.pop(link.outlook_event_id, None)
         link.outlook_event_id, link.outlook_attendees = None, []
+        # It comes back as a single event: still counted in its old series, it would look deleted there.
+        link.series_master_id = ""
         link.save()
         self.create_in_outlook(link, pair.activity)
         self.log.record(
