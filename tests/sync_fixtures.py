@@ -112,14 +112,19 @@ def map_person(org, person: Person, **overrides) -> UserMapping:
     return person.mapping
 
 
-@pytest.fixture
-def world(org, raynet_connection, outlook_connection, raynet_sandbox, outlook_sandbox) -> World:
-    alice = add_person(raynet_sandbox, outlook_sandbox, "alice@acme.test", "Alice Novak")
-    bob = add_person(raynet_sandbox, outlook_sandbox, "bob@acme.test", "Bob Dvorak")
+def populate_world(org, raynet, outlook) -> World:
+    """Alice and Bob, each with a Raynet account and a mapped mailbox, and Jan, a customer in Raynet."""
+    alice = add_person(raynet, outlook, "alice@acme.test", "Alice Novak")
+    bob = add_person(raynet, outlook, "bob@acme.test", "Bob Dvorak")
     map_person(org, alice)
     map_person(org, bob)
-    customer_id = raynet_sandbox.add_person("jan@customer.test", "Jan Zakaznik")
-    return World(org=org, raynet=raynet_sandbox, outlook=outlook_sandbox, alice=alice, bob=bob, customer_id=customer_id)
+    customer_id = raynet.add_person("jan@customer.test", "Jan Zakaznik")
+    return World(org=org, raynet=raynet, outlook=outlook, alice=alice, bob=bob, customer_id=customer_id)
+
+
+@pytest.fixture
+def world(org, raynet_connection, outlook_connection, raynet_sandbox, outlook_sandbox) -> World:
+    return populate_world(org, raynet_sandbox, outlook_sandbox)
 
 
 def build_world(rsps, *, name: str = "Acme s.r.o.") -> World:
@@ -155,12 +160,7 @@ def build_world(rsps, *, name: str = "Acme s.r.o.") -> World:
     MicrosoftConnection.objects.create(
         organization=org, tenant_id=OUTLOOK_TENANT_ID, consent=MicrosoftConnection.Consent.GRANTED
     )
-    alice = add_person(raynet, outlook, "alice@acme.test", "Alice Novak")
-    bob = add_person(raynet, outlook, "bob@acme.test", "Bob Dvorak")
-    map_person(org, alice)
-    map_person(org, bob)
-    customer_id = raynet.add_person("jan@customer.test", "Jan Zakaznik")
-    return World(org=org, raynet=raynet, outlook=outlook, alice=alice, bob=bob, customer_id=customer_id)
+    return populate_world(org, raynet, outlook)
 
 
 __all__ = ["World", "build_world", "call_command", "map_person", "add_person", "soon"]
