@@ -73,12 +73,19 @@ class UserMappingAdmin(ReadOnlyAdmin):
     list_display = ["raynet_email", "outlook_upn", "organization", "enabled", "health", "last_synced_at"]
     list_filter = ["organization", "enabled", "health"]
     search_fields = ["raynet_email", "outlook_upn", "outlook_user_id", "=raynet_person_id"]
-    actions = ["reset_mailbox_cursor"]
+    actions = ["reset_mailbox_cursor", "approve_held_deletions"]
 
-    @admin.action(description="Reset the Outlook cursor (next run reads the whole window again)")
+    @admin.action(description="Reset the cursors (next run reads both sides' whole window again)")
     def reset_mailbox_cursor(self, request, queryset) -> None:
-        count = queryset.update(graph_delta_link="")
-        self.message_user(request, f"Cursor reset for {count} mailbox(es).")
+        count = queryset.update(graph_delta_link="", graph_delta_window_start=None, raynet_cursor=None)
+        self.message_user(request, f"Cursors reset for {count} mailbox(es).")
+
+    @admin.action(description="Approve the deletions the mass-delete guard held back (next run only)")
+    def approve_held_deletions(self, request, queryset) -> None:
+        count = queryset.filter(health=UserMapping.Health.FLAGGED).update(mass_delete_approved=True)
+        self.message_user(
+            request, f"Deletions approved for {count} flagged mailbox(es); the next run carries them out."
+        )
 
 
 @admin.register(EventLink)

@@ -118,7 +118,21 @@ def test_support_can_reset_a_mailbox_cursor(staff_client, rows):
 
     assert response.status_code == 200
     mapping.refresh_from_db()
-    assert mapping.graph_delta_link == ""
+    assert (mapping.graph_delta_link, mapping.graph_delta_window_start, mapping.raynet_cursor) == ("", None, None)
+
+
+def test_support_can_approve_deletions_held_by_the_mass_delete_guard(staff_client, rows):
+    mapping = rows["link"].mapping
+    mapping.set_health(type(mapping).Health.FLAGGED, "This run would delete 40 of 50 synced events.")
+
+    staff_client.post(
+        admin_url(type(mapping), "changelist"),
+        {"action": "approve_held_deletions", "_selected_action": [mapping.pk]},
+        follow=True,
+    )
+
+    mapping.refresh_from_db()
+    assert mapping.mass_delete_approved is True
 
 
 def test_support_cannot_edit_sync_records_in_the_admin(staff_client, rows):
