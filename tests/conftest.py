@@ -7,6 +7,7 @@ import responses
 from django.contrib.auth import get_user_model
 
 from syncapp.models import Membership, Organization, SyncPolicy
+from syncapp.providers.base import ProviderSession
 
 # Sandbox fixtures (raynet_sandbox, raynet_connection, outlook_sandbox, outlook_connection) live beside.
 pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures", "tests.sync_fixtures"]
@@ -18,6 +19,14 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
     from django.conf import settings
 
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture
+def retry_waits(monkeypatch) -> list[float]:
+    """Seconds ProviderSession would have slept between retries, for every session of the test; none is slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(ProviderSession, "sleep", staticmethod(waits.append))
+    return waits
 
 
 @pytest.fixture

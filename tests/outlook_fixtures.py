@@ -5,9 +5,8 @@
   OUTLOOK_TENANT_ID whose app credentials are the ones in `settings` (pointed at the sandbox for the test).
   MSAL's cached apps are reset before and after, so tokens never leak between tests.
 - `outlook_connection`: the `org` fixture's MicrosoftConnection to that tenant, consent granted.
-- `graph_retry_waits`: a list that records every Retry-After wait of every ProviderSession created during
-  the test, instead of sleeping (the fixture replaces the session's `sleep` as it is built), so
-  `assert graph_retry_waits == [2.128]` proves a wait without spending it.
+- Retries never sleep: `retry_waits` (tests/conftest.py) records each wait, so
+  `assert retry_waits == [2.128]` proves a Retry-After was honoured without spending it.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import pytest
 
 from syncapp.models import MicrosoftConnection
-from syncapp.providers import base
 from syncapp.providers.outlook import reset_token_apps
 from syncapp.sandbox.base import register_with_responses
 from syncapp.sandbox.outlook import GraphSandbox
@@ -28,20 +26,7 @@ LOGIN_HOST = "https://login.sandbox.test"
 
 
 @pytest.fixture
-def graph_retry_waits(monkeypatch) -> list[float]:
-    waits: list[float] = []
-    build = base.ProviderSession.__init__
-
-    def build_without_sleeping(session, *args, **kwargs):
-        build(session, *args, **kwargs)
-        session.sleep = waits.append
-
-    monkeypatch.setattr(base.ProviderSession, "__init__", build_without_sleeping)
-    return waits
-
-
-@pytest.fixture
-def outlook_sandbox(http_mock, settings, graph_retry_waits):
+def outlook_sandbox(http_mock, settings, retry_waits):
     sandbox = GraphSandbox()
     sandbox.add_tenant(OUTLOOK_TENANT_ID, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET)
     # The graph host is registered at its root: the sandbox tells Graph (`v1.0/...`) from login paths.

@@ -4,9 +4,8 @@
   instance "acme", API user RAYNET_API_USER (key RAYNET_API_KEY) already exists. Act in Raynet's UI
   with `raynet_sandbox.add_user(...)`, `ui_create_activity(...)`, ...; move time with `set_now()`.
 - `raynet_connection`: the `org` fixture's RaynetConnection pointed at it.
-- `raynet_retry_sleeps`: retries never really sleep in tests. `ProviderSession.sleep` is patched for
-  the whole test to record the seconds it would have waited in this list (used by `raynet_connection`,
-  so every client built in the test, also by the sync engine, is covered).
+- Retries never sleep: `raynet_connection` uses `retry_waits` (tests/conftest.py), which records each wait
+  of every session built in the test, the sync engine's too.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 from syncapp.models import RaynetConnection
-from syncapp.providers.base import ProviderSession
 from syncapp.sandbox.base import register_with_responses
 from syncapp.sandbox.raynet import RaynetSandbox
 
@@ -38,19 +36,7 @@ def raynet_sandbox(http_mock) -> RaynetSandbox:
 
 
 @pytest.fixture
-def raynet_retry_sleeps(monkeypatch) -> list[float]:
-    """Seconds ProviderSession would have slept between retries; nothing really sleeps.
-
-    Patches the class attribute `ProviderSession.sleep` for the test, so it covers every session,
-    including those the sync engine builds itself (a session's own `session.sleep = ...` still wins).
-    """
-    sleeps: list[float] = []
-    monkeypatch.setattr(ProviderSession, "sleep", staticmethod(sleeps.append), raising=False)
-    return sleeps
-
-
-@pytest.fixture
-def raynet_connection(org, raynet_sandbox, raynet_retry_sleeps) -> RaynetConnection:
+def raynet_connection(org, raynet_sandbox, retry_waits) -> RaynetConnection:
     """The `org` fixture's Raynet connection, pointed at `raynet_sandbox`; retries do not sleep."""
     return RaynetConnection.objects.create(
         organization=org,

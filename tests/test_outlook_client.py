@@ -379,26 +379,24 @@ def test_list_instances_reads_the_series_in_the_window(client, alice, outlook_sa
 # --- throttling and errors -------------------------------------------------------------------------------
 
 
-def test_a_429_with_a_fractional_retry_after_is_waited_for_then_retried(
-    client, alice, outlook_sandbox, graph_retry_waits
-):
+def test_a_429_with_a_fractional_retry_after_is_waited_for_then_retried(client, alice, outlook_sandbox, retry_waits):
     outlook_sandbox.throttle(retry_after="2.128")
 
     users = client.list_users()
 
     assert [u["id"] for u in users] == [alice]
-    assert graph_retry_waits == [2.128]
+    assert retry_waits == [2.128]
     assert outlook_sandbox.count("GET", r"^v1\.0/users$") == 2
 
 
-def test_throttling_that_does_not_end_gives_up_after_bounded_retries(client, alice, outlook_sandbox, graph_retry_waits):
+def test_throttling_that_does_not_end_gives_up_after_bounded_retries(client, alice, outlook_sandbox, retry_waits):
     outlook_sandbox.throttle(times=10, retry_after="1", status=503)
 
     with pytest.raises(ProviderError) as caught:
         client.list_users()
 
     assert caught.value.kind == ErrorKind.TRANSIENT
-    assert graph_retry_waits == [1.0, 1.0, 1.0]
+    assert retry_waits == [1.0, 1.0, 1.0]
     assert outlook_sandbox.count("GET", r"^v1\.0/users$") == 4
 
 

@@ -392,22 +392,22 @@ def test_the_old_503_request_limit_reached_is_a_spent_budget_too(client, raynet_
     assert failure.value.kind == ErrorKind.BUDGET_SPENT and raynet_sandbox.count() == 1
 
 
-def test_a_429_for_too_many_connections_is_retried_with_backoff(client, raynet_sandbox, raynet_retry_sleeps):
+def test_a_429_for_too_many_connections_is_retried_with_backoff(client, raynet_sandbox, retry_waits):
     raynet_sandbox.inject_fault(429, times=2, body={"message": "Too many connections"})
 
     assert client.list_activities("meeting") == []
     assert raynet_sandbox.count() == 3
-    assert raynet_retry_sleeps == [1, 2]
+    assert retry_waits == [1, 2]
 
 
-def test_a_server_error_is_transient_and_retried_a_bounded_number_of_times(client, raynet_sandbox, raynet_retry_sleeps):
+def test_a_server_error_is_transient_and_retried_a_bounded_number_of_times(client, raynet_sandbox, retry_waits):
     raynet_sandbox.inject_fault(502, times=10)
 
     with pytest.raises(ProviderError) as failure:
         client.list_activities("meeting")
 
     assert failure.value.kind == ErrorKind.TRANSIENT and failure.value.retryable
-    assert raynet_sandbox.count() == 4 and len(raynet_retry_sleeps) == 3
+    assert raynet_sandbox.count() == 4 and len(retry_waits) == 3
 
 
 def test_a_timeout_is_transient_and_retried(client, raynet_sandbox, monkeypatch):

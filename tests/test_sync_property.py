@@ -360,7 +360,7 @@ def assert_converged(world, *, after_full_read: bool) -> None:
 
 
 @pytest.fixture
-def sandbox_settings(settings, raynet_retry_sleeps, graph_retry_waits):
+def sandbox_settings(settings, retry_waits):
     """Microsoft pointed at the sandbox hosts, retries that do not sleep, as the sandbox fixtures set them."""
     settings.MICROSOFT_CLIENT_ID = OUTLOOK_CLIENT_ID
     settings.MICROSOFT_CLIENT_SECRET = OUTLOOK_CLIENT_SECRET

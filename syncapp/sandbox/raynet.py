@@ -47,10 +47,8 @@ CREATE_FIELDS = {
     | set(DATETIME_FIELDS),
 }
 UPDATE_FIELDS = {
-    "meeting": (CREATE_FIELDS["meeting"] - {"owner", "person"})
-    | {"status", "personal", "meetingPlace", "customFields", "participants"},
-    "event": (CREATE_FIELDS["event"] - {"owner", "person"})
-    | {"status", "personal", "meetingPlace", "customFields", "participants"},
+    entity: (fields - {"owner", "person"}) | {"status", "personal", "meetingPlace", "customFields", "participants"}
+    for entity, fields in CREATE_FIELDS.items()
 }
 # Key order and key sets of the OpenAPI examples: list rows (GET /meeting/) and detail (GET /meeting/{id}/).
 LIST_KEYS = {
