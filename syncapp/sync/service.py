@@ -65,13 +65,13 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
     return runs
 
 
-def fetch_raynet_changes(raynet, *, since: datetime | None) -> dict[int, list[dict]]:
+def fetch_raynet_changes(raynet, *, since: datetime | None, owner_id: int | None = None) -> dict[int, list[dict]]:
     """Meetings and events changed since `since`, by owner person id (one listing per type)."""
     by_owner: dict[int, list[dict]] = {}
     if since is None:
         return by_owner
     for entity in ("meeting", "event"):
-        for activity in raynet.list_activities(entity, modified_since=since):
+        for activity in raynet.list_activities(entity, owner_id=owner_id, modified_since=since):
             owner = activity.get("owner") or {}
             by_owner.setdefault(owner.get("id") if isinstance(owner, dict) else owner, []).append(activity)
     return by_owner
@@ -100,13 +100,9 @@ def sync_mapping(
         log = RunLog(SyncRun.objects.create(organization_id=mapping.organization_id, mapping=mapping, trigger=trigger))
         try:
             if raynet_changes is None and not full and not needs_window_read(mapping):
-                raynet_changes = [
-                    a
-                    for entity in ("meeting", "event")
-                    for a in raynet.list_activities(
-                        entity, owner_id=mapping.raynet_person_id, modified_since=mapping.raynet_cursor
-                    )
-                ]
+                owner = mapping.raynet_person_id
+                changes = fetch_raynet_changes(raynet, since=mapping.raynet_cursor, owner_id=owner)
+                raynet_changes = changes.get(owner, [])
             released = engine_for(mapping, raynet, outlook, log, directory).run(
                 full=full, raynet_changes=raynet_changes
             )
