@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint migrate worker stopdb clean
+.PHONY: run test bench lint migrate worker stopdb clean
 
 $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ worker: migrate
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# Issue 12's performance figures (not part of `make test`; see tests/bench/__main__.py).
+bench: $(VENV)/.installed
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
