@@ -75,6 +75,8 @@ class ConnectionCheck:
 
     ok: bool
     message: str
+    # The failure behind a failed check, so the portal can word it in the reader's language.
+    error: ProviderError | None = None
 
 
 def parse_retry_after(value: str | None) -> float | None:

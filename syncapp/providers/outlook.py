@@ -417,5 +417,5 @@ class OutlookClient:
                 return ConnectionCheck(True, "Connected to Microsoft 365, but the tenant has no users yet.")
             self._json("GET", f"users/{quote(user_id, safe='')}/calendar")
         except ProviderError as error:
-            return ConnectionCheck(False, error.message)
+            return ConnectionCheck(False, error.message, error)
         return ConnectionCheck(True, "Connected to Microsoft 365: users and calendars are readable.")
