@@ -411,16 +411,6 @@ def test_a_mailbox_outside_the_application_access_policy_is_a_permission_error(c
     assert "application access policy" in caught.value.message and alice in caught.value.message
 
 
-def test_a_rejected_token_is_an_auth_error(client, alice, outlook_sandbox):
-    client.list_users()
-    outlook_sandbox.state["access_tokens"].clear()
-
-    with pytest.raises(ProviderError) as caught:
-        client.get_event(alice, "AAkALgAAAA=")
-
-    assert caught.value.kind == ErrorKind.AUTH
-
-
 def run_in_threads(count: int, work) -> list:
     results: list = []
 

@@ -365,6 +365,14 @@ class GraphSandbox(Sandbox):
         body = {"error": {"code": code, "message": "Please retry again later.", "innerError": {"status": str(status)}}}
         self.inject_fault(status, times=times, body=body, headers={"Retry-After": retry_after}, path=path or r"^v1\.0/")
 
+    def revoke_tokens(self, *, after_requests: int = 0) -> None:
+        """Every access token issued so far stops working (expired early or revoked by the tenant), at once or
+        after `after_requests` more Graph requests (mid-run); new tokens are issued as before."""
+        if after_requests:
+            self.state["revoke_tokens_after"] = after_requests
+        else:
+            self.state["access_tokens"].clear()
+
     def expire_delta_tokens(self, user_id: str | None = None) -> None:
         """Evict the delta and skip tokens (of one mailbox): their next use gets 410 syncStateNotFound (§3)."""
         for token, record in list(self.state["sync_tokens"].items()):
@@ -499,6 +507,12 @@ class GraphSandbox(Sandbox):
 
     # === graph host: routing =======================================================================
     def _graph(self, request: SandboxRequest) -> SandboxResponse:
+        if "revoke_tokens_after" in self.state:
+            if self.state["revoke_tokens_after"] <= 0:
+                del self.state["revoke_tokens_after"]
+                self.state["access_tokens"].clear()
+            else:
+                self.state["revoke_tokens_after"] -= 1
         tenant_id = self._authenticate(request)
         prefs = parse_prefer(request.header("Prefer"))
         segments = [unquote(s) for s in request.path.strip("/").split("/")[1:]]
