@@ -7,8 +7,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 
-from syncapp.models import ConnectionStatus, SyncLogEntry, SyncRun
+from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun
 from syncapp.providers.base import ErrorKind, ProviderError, scrub_secrets
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
@@ -319,3 +320,20 @@ def test_a_graph_answer_that_is_not_json_is_a_transient_error_in_plain_words(out
 
     assert caught.value.kind == ErrorKind.TRANSIENT and caught.value.side == "outlook"
     assert "Microsoft Graph answered with something that is not valid JSON" in caught.value.message
+
+
+# --- point 9: a key no configured key decrypts ----------------------------------------------------------------
+
+
+def test_a_sync_with_an_undecryptable_key_stops_the_raynet_connection_in_plain_words(world, settings):
+    settings.SECRET_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    organization = Organization.objects.get(pk=world.org.pk)  # as a worker loads it: nothing decrypted yet
+
+    runs = sync_organization(organization=organization, trigger=SyncRun.Trigger.MANUAL)
+
+    raynet = RaynetConnection.objects.get(organization=organization)
+    assert runs[0].status == SyncRun.Status.FAILED  # the next mailbox is skipped: the connection is stopped
+    assert all("cannot be decrypted: enter the key again" in run.error for run in runs)
+    assert raynet.status == ConnectionStatus.DISABLED
+    assert raynet.last_error.endswith("The stored Raynet API key cannot be decrypted: enter the key again.")
+    assert world.raynet.count() == 0
