@@ -254,12 +254,13 @@ def test_scrub_secrets_removes_keys_tokens_and_credential_values_and_trims():
     text = (
         f"key {RAYNET_API_KEY}; header Authorization: Basic {BASIC}; bearer Bearer eyJ0eXAi.abc-def_1; "
         f'form client_secret={OUTLOOK_CLIENT_SECRET}&scope=x; json {{"client_secret": "s3cr3t-value"}}; '
+        '{"secretToken": "hook-token-1", "clientState": "state-1"}; '
         f"b64 {base64.b64encode(RAYNET_API_KEY.encode()).decode()} " + "x" * 400
     )
 
     scrubbed = scrub_secrets(text, secrets=[RAYNET_API_KEY])
 
-    for leaked in (RAYNET_API_KEY, BASIC, "eyJ0eXAi", OUTLOOK_CLIENT_SECRET, "s3cr3t-value"):
+    for leaked in (RAYNET_API_KEY, BASIC, "eyJ0eXAi", OUTLOOK_CLIENT_SECRET, "s3cr3t-value", "hook-token", "state-1"):
         assert leaked not in scrubbed
     assert base64.b64encode(RAYNET_API_KEY.encode()).decode() not in scrubbed
     assert scrubbed.startswith("key [redacted]; header Authorization: [redacted]")

@@ -95,7 +95,8 @@ CREDENTIAL_PATTERNS = [
     re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE),
     re.compile(r"(Authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+", re.IGNORECASE),
     re.compile(
-        r"((?:client_secret|client_assertion|access_token|refresh_token|api_?key|password|secret)"
+        r"((?:client_secret|client_assertion|client_?state|access_token|refresh_token|secret_?token|api_?key"
+        r"|password|secret)"
         r"[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,}]+",
         re.IGNORECASE,
     ),
