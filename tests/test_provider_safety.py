@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet
+from django import db
 
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun
-from syncapp.providers.base import ErrorKind, ProviderError, scrub_secrets
+from syncapp.providers.base import ErrorKind, ProviderError, concurrency_slot, scrub_secrets
 from syncapp.providers.outlook import OutlookClient
-from syncapp.providers.raynet import RaynetClient
+from syncapp.providers.raynet import MAX_CONNECTIONS, RaynetClient
 from syncapp.sync.service import sync_organization
 from tests.outlook_fixtures import OUTLOOK_CLIENT_SECRET, OUTLOOK_TENANT_ID
 from tests.raynet_fixtures import RAYNET_API_KEY, RAYNET_API_USER
@@ -338,3 +340,33 @@ def test_a_sync_with_an_undecryptable_key_stops_the_raynet_connection_in_plain_w
     assert raynet.status == ConnectionStatus.DISABLED
     assert raynet.last_error.endswith("The stored Raynet API key cannot be decrypted: enter the key again.")
     assert world.raynet.count() == 0
+
+
+def test_waiting_for_a_free_connection_slot_ends_at_the_deadline(raynet, raynet_sandbox, retry_waits):
+    namespace, key = raynet._concurrency_key(raynet.session.url("meeting/"))
+    holding, release = threading.Semaphore(0), threading.Event()
+
+    def hold_a_slot() -> None:  # other processes using all 4 connections to this Raynet
+        try:
+            with concurrency_slot(namespace, key, MAX_CONNECTIONS):
+                holding.release()
+                release.wait(10)
+        finally:
+            db.connection.close()
+
+    holders = [threading.Thread(target=hold_a_slot) for _ in range(MAX_CONNECTIONS)]
+    for holder in holders:
+        holder.start()
+    try:
+        for _ in holders:
+            assert holding.acquire(timeout=10)
+        raynet.session.deadline = time.monotonic() + 0.3
+        with pytest.raises(ProviderError) as caught:
+            raynet.list_activities("meeting")
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join()
+
+    assert caught.value.kind == ErrorKind.RATE_LIMITED and not caught.value.maybe_applied
+    assert raynet_sandbox.count() == 0 and retry_waits == []

@@ -145,11 +145,14 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 @contextmanager
-def concurrency_slot(namespace: str, key: str, limit: int, *, poll: float = 0.05) -> Iterator[int]:
+def concurrency_slot(
+    namespace: str, key: str, limit: int, *, poll: float = 0.05, deadline: float | None = None
+) -> Iterator[int]:
     """Hold one of `limit` slots for `key`, across every thread and process sharing the database.
 
     PostgreSQL session advisory locks: slot n of key k is lock (hash(namespace:k), n).
-    A crashed process drops its connection and with it its slots.
+    A crashed process drops its connection and with it its slots. Waiting for a slot ends at
+    `deadline` (time.monotonic()) with a RATE_LIMITED error: nothing was sent.
     """
     lock_key = zlib.crc32(f"{namespace}:{key}".encode()) - 2**31
     with connection.cursor() as cursor:
@@ -162,6 +165,12 @@ def concurrency_slot(namespace: str, key: str, limit: int, *, poll: float = 0.05
                     finally:
                         cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [lock_key, slot])
                     return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ProviderError(
+                    f"All {limit} connections allowed at once are busy and the run's time is up.",
+                    kind=ErrorKind.RATE_LIMITED,
+                    retry_after=1.0,
+                )
             time.sleep(poll * (1 + random.random()))
 
 
@@ -253,7 +262,7 @@ class ProviderSession:
             response = self._http(method, url, **kwargs)
         else:
             namespace, key = self.concurrency_key(url)
-            with concurrency_slot(namespace, key, self.concurrency_limit):
+            with concurrency_slot(namespace, key, self.concurrency_limit, deadline=self.deadline):
                 response = self._http(method, url, **kwargs)
         if self.on_response is not None:
             self.on_response(response)
