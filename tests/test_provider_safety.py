@@ -70,7 +70,7 @@ def test_a_create_that_may_have_reached_raynet_is_sent_once_and_says_so(raynet, 
 
     assert raynet_sandbox.count("PUT", r"^meeting/$") == 1
     assert caught.value.kind == ErrorKind.TRANSIENT and caught.value.maybe_applied
-    assert caught.value.side == "raynet"
+    assert caught.value.side == "raynet" and caught.value.message.startswith("Raynet ")
     assert len(raynet_sandbox.activities("meeting")) == (1 if fault.get("after") else 0)
 
 

@@ -38,6 +38,7 @@ class ErrorKind(StrEnum):
 
 
 RETRYABLE_KINDS = {ErrorKind.RATE_LIMITED, ErrorKind.TRANSIENT}
+SERVICE_NAMES = {"raynet": "Raynet", "outlook": "Microsoft Graph"}  # by ProviderError.side
 NEEDS_ADMIN_KINDS = {ErrorKind.AUTH, ErrorKind.PERMISSION}
 
 
@@ -274,18 +275,19 @@ class ProviderSession:
         return response
 
     def _http(self, method: str, url: str, **kwargs) -> requests.Response:
+        service = SERVICE_NAMES.get(self.side, "The service")
         try:
             return self.http.request(method, url, **kwargs)
         except requests.ConnectTimeout:
-            raise ProviderError("The service could not be reached.", kind=ErrorKind.TRANSIENT) from None
+            raise ProviderError(f"{service} could not be reached.", kind=ErrorKind.TRANSIENT) from None
         except requests.Timeout:
             raise ProviderError(
-                "The service did not answer in time.", kind=ErrorKind.TRANSIENT, maybe_applied=True
+                f"{service} did not answer in time.", kind=ErrorKind.TRANSIENT, maybe_applied=True
             ) from None
         except requests.ConnectionError as error:
-            raise ProviderError(
-                "The service could not be reached.", kind=ErrorKind.TRANSIENT, maybe_applied=sent_before_failing(error)
-            ) from None
+            sent = sent_before_failing(error)
+            words = "broke the connection before answering" if sent else "could not be reached"
+            raise ProviderError(f"{service} {words}.", kind=ErrorKind.TRANSIENT, maybe_applied=sent) from None
 
 
 def sent_before_failing(error: requests.ConnectionError) -> bool:
