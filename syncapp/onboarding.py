@@ -203,7 +203,7 @@ def raynet_connect(*, organization: Organization, details: RaynetDetails) -> tup
     if not check.ok:
         return False, check_message(check, side="raynet")
     connection.save()
-    connection.record_success()
+    connection.record_check(check)
     register_raynet_webhook(organization)
     return True, check.message
 
@@ -253,24 +253,14 @@ def microsoft_consent_record(*, organization: Organization, tenant_id: str, clou
     connection.cloud = cloud
     connection.consent = MicrosoftConnection.Consent.GRANTED
     connection.save()
-    check = OutlookClient(connection).test_connection()
-    if not check.ok:
-        message = check_message(check, side="microsoft")
-        connection.record_failure(message, permanent=True)
-        return False, message
-    connection.record_success()
-    return True, check.message
+    return microsoft_check(connection=connection)
 
 
 def microsoft_check(*, connection: MicrosoftConnection) -> tuple[bool, str]:
-    """Test an already consented tenant again (after the admin fixed access policies)."""
+    """List users and read one calendar; the outcome is stored on the connection (a pass restarts it)."""
     check = OutlookClient(connection).test_connection()
-    if check.ok:
-        connection.record_success()
-        return True, check.message
-    message = check_message(check, side="microsoft")
-    connection.record_failure(message, permanent=True)
-    return False, message
+    connection.record_check(check)
+    return check.ok, check.message if check.ok else check_message(check, side="microsoft")
 
 
 # --- mapping users --------------------------------------------------------------------------------------

@@ -23,10 +23,20 @@ import requests
 from django.utils import timezone
 
 from syncapp.models import RaynetConnection
-from syncapp.providers.base import ConnectionCheck, ErrorKind, ProviderError, ProviderSession, parse_retry_after
+from syncapp.providers.base import (
+    ConnectionCheck,
+    ErrorKind,
+    ProviderError,
+    ProviderSession,
+    basic_auth_value,
+    json_body,
+    parse_retry_after,
+)
+from syncapp.secrets import UndecryptableSecret
 
 logger = logging.getLogger("syncapp.providers.raynet")
 
+SIDE = "raynet"  # ProviderError.side of every error this client raises
 ENTITIES = ("meeting", "event")
 PAGE_SIZE = 1000  # the largest page Raynet serves (reference §4)
 MAX_CONNECTIONS = 4  # "429 if a single client exceeds 4 concurrently active connections" (reference §6)
@@ -38,6 +48,8 @@ DATETIME_KEYS = ("scheduledFrom", "scheduledTill", "completed", "rowInfo.created
 UPDATE_ONLY_FIELDS = ("status", "personal", "meetingPlace", "participants", "customFields")
 RATE_LIMIT_SAVE_EVERY = 20  # responses between saves of the X-Ratelimit-* numbers
 RATE_LIMIT_SAVE_SECONDS = 30.0
+UNREADABLE_KEY = "undecryptable_key"
+UNREADABLE_KEY_MESSAGE = "The stored Raynet API key cannot be decrypted: enter the key again."
 
 
 @dataclass(frozen=True)
@@ -61,9 +73,13 @@ def error_body(response: requests.Response) -> dict:
 
 
 def admin_message(plain: str, body: dict) -> str:
-    """Our plain words, then Raynet's: `translatedMessage`, else `message`, as Raynet's own clients show (§6)."""
+    """Our plain words, then Raynet's: `translatedMessage`, else `message`, as Raynet's own clients show (§6).
+
+    Not trimmed here: the session first removes any credential Raynet echoed, then trims (scrub_secrets),
+    so a key cut in half at the limit can never slip through.
+    """
     text = str(body.get("translatedMessage") or body.get("message") or "").strip()
-    return f"{plain} Raynet says: “{text[:300]}”" if text else plain
+    return f"{plain} Raynet says: “{text[:2000]}”" if text else plain
 
 
 def header_int(response: requests.Response, name: str) -> int | None:
@@ -96,7 +112,9 @@ def classify(response: requests.Response) -> ProviderError:
     code = str(body.get("type") or body.get("message") or "")[:100]
 
     def error(kind: ErrorKind, plain: str, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(admin_message(plain, body), kind=kind, status=status, code=code, retry_after=retry_after)
+        return ProviderError(
+            admin_message(plain, body), kind=kind, status=status, code=code, retry_after=retry_after, side=SIDE
+        )
 
     if status in (429, 503) and is_budget_spent(response, body):
         return error(
@@ -161,8 +179,17 @@ class RaynetClient:
             concurrency_key=self._concurrency_key,
             concurrency_limit=MAX_CONNECTIONS,
         )
+        self.session.side = SIDE
         self.session.on_response = self._track_rate_limit
-        self.session.http.auth = (connection.api_user_email, connection.api_key.reveal())
+        # A key that cannot be decrypted fails each call in plain words (_request), not the construction.
+        try:
+            api_key = connection.api_key.reveal() if connection.api_key else ""
+        except UndecryptableSecret:
+            api_key = None
+        self._key_unreadable = api_key is None
+        credentials = (connection.api_user_email, api_key or "")
+        self.session.secrets = lambda: (credentials[1], basic_auth_value(*credentials))
+        self.session.http.auth = credentials
         self.session.http.headers["X-Instance-Name"] = connection.instance_name
         self.session.http.headers["Accept"] = "application/json"
         self._person_emails: dict[int, str] = {}
@@ -225,15 +252,28 @@ class RaynetClient:
         """
         create_fields = {key: value for key, value in fields.items() if key not in UPDATE_ONLY_FIELDS}
         update_fields = {key: value for key, value in fields.items() if key in UPDATE_ONLY_FIELDS}
-        response = self._request("PUT", self._entity_path(entity), body=create_fields)
+        # Never resent once it may have reached Raynet: a lost reply would make a second record.
+        response = self._request("PUT", self._entity_path(entity), body=create_fields, idempotent=False)
         if response.status_code != 201:  # Raynet's own PHP client treats anything else as an error (§2)
             # Not retried: the record may exist anyway, and the ext id lookup is what finds it.
             raise ProviderError(
                 f"Raynet answered HTTP {response.status_code} to a create.",
                 kind=ErrorKind.VALIDATION,
                 status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
             )
-        activity_id = int(self._data(response)["id"])
+        data = self._data(response)
+        try:
+            activity_id = int(data["id"])
+        except (TypeError, KeyError, ValueError):
+            raise ProviderError(
+                "Raynet confirmed a create without the new record's id.",
+                kind=ErrorKind.TRANSIENT,
+                status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
+            ) from None
         if ext_id:
             self._request("PUT", f"{self._entity_path(entity)}{activity_id}/extId/", body={"extId": ext_id})
         if update_fields:
@@ -247,8 +287,10 @@ class RaynetClient:
         """
         if "owner" in fields:
             # There is no owner on update; Raynet answers 403 (reference §3, Update schema).
-            raise ProviderError("Raynet cannot change an activity's owner.", kind=ErrorKind.VALIDATION)
-        self._request("POST", f"{self._entity_path(entity)}{int(activity_id)}/", body=fields)
+            raise ProviderError("Raynet cannot change an activity's owner.", kind=ErrorKind.VALIDATION, side=SIDE)
+        # Adding a participant twice makes two participants: such an update is never resent blindly.
+        adds = any(isinstance(p, dict) and "id" not in p for p in fields.get("participants") or [])
+        self._request("POST", f"{self._entity_path(entity)}{int(activity_id)}/", body=fields, idempotent=not adds)
 
     def delete_activity(self, entity: str, activity_id: int) -> None:
         """DELETE; a record that is already gone (404) counts as deleted."""
@@ -338,7 +380,7 @@ class RaynetClient:
             users = self._request("GET", "userAccount/", params={"username": self.connection.api_user_email})
             self._request("GET", "meeting/", params={"limit": 1})
         except ProviderError as error:
-            return ConnectionCheck(False, self._connection_problem(error), error)
+            return ConnectionCheck(False, self._connection_problem(error), permanent=error.permanent, error=error)
         found = self._data(users)
         who = found[0]["person"].get("fullName") if found and found[0].get("person") else None
         as_whom = f"{self.connection.api_user_email} ({who})" if who else self.connection.api_user_email
@@ -346,6 +388,8 @@ class RaynetClient:
 
     def _connection_problem(self, error: ProviderError) -> str:
         instance = self.connection.instance_name
+        if error.code == UNREADABLE_KEY:
+            return error.message
         if error.kind == ErrorKind.AUTH:
             return (
                 f"Raynet did not accept the login for instance “{instance}”: check the instance name, "
@@ -368,14 +412,24 @@ class RaynetClient:
         return f"{entity}/"
 
     def _request(
-        self, method: str, path: str, *, params: dict | None = None, body: dict | None = None, iso: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: dict | None = None,
+        iso: bool = False,
+        idempotent: bool = True,
     ) -> requests.Response:
         """One call; while the daily budget is spent, fail at once without calling (reference §6)."""
+        if self._key_unreadable:
+            raise ProviderError(UNREADABLE_KEY_MESSAGE, kind=ErrorKind.AUTH, code=UNREADABLE_KEY, side=SIDE)
         if self.connection.is_paused():
             raise ProviderError(
                 f"Raynet's daily API request limit is spent; paused until {self.connection.paused_until:%H:%M} UTC.",
                 kind=ErrorKind.BUDGET_SPENT,
                 retry_after=(self.connection.paused_until - timezone.now()).total_seconds(),
+                side=SIDE,
             )
         if iso:
             params = {**(params or {}), "dateFormat": "ISO8601"}  # always ask for offsets (reference §2)
@@ -384,7 +438,7 @@ class RaynetClient:
             kwargs["data"] = json.dumps(self._serialize(body))
             kwargs["headers"] = {"Content-Type": "application/json"}
         try:
-            return self.session.request(method, path, **kwargs)
+            return self.session.request(method, path, idempotent=idempotent, **kwargs)
         except ProviderError as error:
             if error.kind == ErrorKind.BUDGET_SPENT:
                 self._pause(error)
@@ -411,13 +465,14 @@ class RaynetClient:
     @staticmethod
     def _envelope(response: requests.Response) -> dict:
         """A success envelope; `success` is `true` or `"true"` depending on the endpoint (reference §2)."""
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = json_body(response, service="Raynet", side=SIDE)
         if not isinstance(body, dict) or str(body.get("success")).lower() != "true":
             raise ProviderError(
-                "Raynet answered without success.", kind=ErrorKind.TRANSIENT, status=response.status_code
+                f"Raynet answered HTTP {response.status_code} without its success envelope.",
+                kind=ErrorKind.TRANSIENT,
+                status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
             )
         return body
 
@@ -442,8 +497,17 @@ class RaynetClient:
                 params["offset"] = len(rows)
             body = self._envelope(self._request("GET", path, params=params, iso=True))
             page = body.get("data") or []
+            try:
+                total = int(body.get("totalCount") or 0)
+            except (TypeError, ValueError):
+                total = None
+            if not isinstance(page, list) or total is None:
+                raise ProviderError(
+                    f"Raynet answered a listing of {path} without its rows or their total count.",
+                    kind=ErrorKind.TRANSIENT,
+                    side=SIDE,
+                )
             rows.extend(page)
-            total = int(body.get("totalCount") or 0)
             if not page or (len(page) >= total if walk_by_id else len(rows) >= total):
                 return rows
 

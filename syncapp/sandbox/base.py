@@ -49,6 +49,8 @@ class SandboxResponse:
     status: int
     body: Any = None  # dict/list → JSON, str → text, None → empty
     headers: dict[str, str] = field(default_factory=dict)
+    # Not an answer but a broken connection: "refused", "reset" or "timeout" (see Sandbox.inject_fault).
+    disconnect: str = ""
 
     def encoded(self) -> tuple[bytes, str]:
         if self.body is None:
@@ -96,8 +98,18 @@ class Sandbox:
         delay: float = 0.0,
         path: str | None = None,
         method: str | None = None,
+        after: bool = False,
+        disconnect: str = "",
     ) -> None:
-        """The next `times` matching requests fail with `status` (status 0: only slow, then served)."""
+        """The next `times` matching requests fail with `status` (status 0: only slow, then served).
+
+        `after=True`: the request is carried out first, then its reply is lost and replaced by the fault
+        (a 503 or a timeout after processing). `disconnect`: no HTTP answer at all, the connection breaks:
+        "refused" (nothing reached the service), "reset" or "timeout" (with `after`, once it was carried
+        out). The `responses` front raises what requests raises then; the HTTP front answers 504.
+        """
+        if disconnect not in ("", "refused", "reset", "timeout"):
+            raise ValueError(f"unknown disconnect {disconnect!r}")
         self.state["faults"].append(
             {
                 "status": status,
@@ -107,6 +119,8 @@ class Sandbox:
                 "delay": delay,
                 "path": path,
                 "method": method,
+                "after": after,
+                "disconnect": disconnect,
             }
         )
 
@@ -129,6 +143,10 @@ class Sandbox:
             fault = self._take_fault(request)
         if fault and fault["delay"]:
             time.sleep(fault["delay"])
+        if fault and fault.get("after"):
+            self.serve(request)  # carried out; the reply below replaces the real one
+        if fault and fault.get("disconnect"):
+            return SandboxResponse(504, None, disconnect=fault["disconnect"])
         if fault and fault["status"]:
             return SandboxResponse(fault["status"], fault["body"], dict(fault["headers"]))
         return self.serve(request)
@@ -162,6 +180,8 @@ def register_with_responses(rsps, base_url: str, sandbox: Sandbox) -> None:
 
     def callback(prepared):
         reply = sandbox.handle(request_from_prepared(prepared, base_url))
+        if reply.disconnect:
+            return broken_connection(reply.disconnect, prepared.url)
         data, content_type = reply.encoded()
         headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-type"}
         headers["Content-Type"] = content_type
@@ -170,6 +190,20 @@ def register_with_responses(rsps, base_url: str, sandbox: Sandbox) -> None:
     pattern = re.compile(re.escape(base_url.rstrip("/")) + r"(/.*)?$")
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         rsps.add_callback(method, pattern, callback=callback)
+
+
+def broken_connection(kind: str, url: str) -> Exception:
+    """The exception requests raises when the connection fails this way (urllib3 2.x shapes)."""
+    import requests
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+
+    if kind == "refused":
+        refused = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
+        return requests.ConnectionError(MaxRetryError(None, url, refused))
+    if kind == "reset":
+        reset = ConnectionResetError(104, "Connection reset by peer")
+        return requests.ConnectionError(ProtocolError("Connection aborted.", reset))
+    return requests.ReadTimeout(f"Read timed out: {url}")
 
 
 @contextmanager

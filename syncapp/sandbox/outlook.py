@@ -238,6 +238,15 @@ def build_rule(recurrence: dict, first_local: datetime) -> rrule.rrule:
     return rrule.rrule(freq, dtstart=dtstart, **options)
 
 
+def looks_like_tenant(tenant: str) -> bool:
+    """A GUID or a domain name: Entra answers anything else with AADSTS900023, not "not found"."""
+    try:
+        uuid.UUID(tenant)
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", tenant))
+    return True
+
+
 def page_link(url: str, skip_token: str) -> str:
     """`url` with `$skiptoken` replaced: the other query options carry over as Graph's links do."""
     parts = urlsplit(url)
@@ -366,6 +375,14 @@ class GraphSandbox(Sandbox):
         body = {"error": {"code": code, "message": "Please retry again later.", "innerError": {"status": str(status)}}}
         self.inject_fault(status, times=times, body=body, headers={"Retry-After": retry_after}, path=path or r"^v1\.0/")
 
+    def revoke_tokens(self, *, after_requests: int = 0) -> None:
+        """Every access token issued so far stops working (expired early or revoked by the tenant), at once or
+        after `after_requests` more Graph requests (mid-run); new tokens are issued as before."""
+        if after_requests:
+            self.state["revoke_tokens_after"] = after_requests
+        else:
+            self.state["access_tokens"].clear()
+
     def expire_delta_tokens(self, user_id: str | None = None) -> None:
         """Evict the delta and skip tokens (of one mailbox): their next use gets 410 syncStateNotFound (§3)."""
         for token, record in list(self.state["sync_tokens"].items()):
@@ -435,6 +452,13 @@ class GraphSandbox(Sandbox):
         rest = "/".join(segments[1:])
         if rest == "v2.0/adminconsent" and tenant_id in ("organizations", "common"):
             return self._admin_consent(request)
+        if tenant_id not in self.state["tenants"] and not looks_like_tenant(unquote(tenant_id)):
+            raise GraphError(
+                400,
+                "invalid_tenant",
+                f"AADSTS900023: Specified tenant identifier '{unquote(tenant_id)}' is neither a valid DirectoryName "
+                "nor a valid ObjectId.",
+            )
         if tenant_id not in self.state["tenants"]:
             raise GraphError(
                 400,
@@ -547,6 +571,12 @@ class GraphSandbox(Sandbox):
 
     # === graph host: routing =======================================================================
     def _graph(self, request: SandboxRequest) -> SandboxResponse:
+        if "revoke_tokens_after" in self.state:
+            if self.state["revoke_tokens_after"] <= 0:
+                del self.state["revoke_tokens_after"]
+                self.state["access_tokens"].clear()
+            else:
+                self.state["revoke_tokens_after"] -= 1
         tenant_id = self._authenticate(request)
         prefs = parse_prefer(request.header("Prefer"))
         segments = [unquote(s) for s in request.path.strip("/").split("/")[1:]]

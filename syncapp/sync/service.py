@@ -176,8 +176,9 @@ def fail(mapping: UserMapping, log: RunLog, failure: SideFailed | ProviderError)
         mapping.set_health(UserMapping.Health.WARNING, message)
         return log.finish(SyncRun.Status.SKIPPED, message)
     if error.permanent:
-        side = getattr(failure, "side", "")
-        target = mapping.organization.microsoft if side == "Outlook" else mapping.organization.raynet
+        # The error knows the connection that failed (ProviderError.side); the engine's wrapper may not.
+        side = error.side or getattr(failure, "side", "").lower()
+        target = mapping.organization.microsoft if side == "outlook" else mapping.organization.raynet
         if error.kind == ErrorKind.AUTH:
             target.record_failure(message, permanent=True)
     mapping.set_health(UserMapping.Health.ERROR, message)
