@@ -17,6 +17,7 @@ from syncapp.models import (
     SyncPolicy,
 )
 from syncapp.onboarding import RaynetDetails
+from syncapp.templatetags.portal import action_label
 
 SANDBOX_RAYNET_PATH = "/sandbox/raynet/demo/api/v2/"
 
@@ -202,4 +203,4 @@ class LogFilterForm(forms.Form):
     def __init__(self, *args, users: list[tuple[str, str]], actions: list[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["user"].choices = [("", _("Everybody"))] + users
-        self.fields["action"].choices = [("", _("Any"))] + [(a, a) for a in actions]
+        self.fields["action"].choices = [("", _("Any"))] + [(a, action_label(a)) for a in actions]

@@ -205,7 +205,7 @@ def raynet_connect(*, organization: Organization, details: RaynetDetails) -> tup
     connection.save()
     connection.record_check(check)
     register_raynet_webhook(organization)
-    return True, check.message
+    return True, _("Connected to Raynet instance “%(instance)s”.") % {"instance": details.instance_name}
 
 
 def contract(module: str, name: str) -> Callable | None:
@@ -260,7 +260,9 @@ def microsoft_check(*, connection: MicrosoftConnection) -> tuple[bool, str]:
     """List users and read one calendar; the outcome is stored on the connection (a pass restarts it)."""
     check = OutlookClient(connection).test_connection()
     connection.record_check(check)
-    return check.ok, check.message if check.ok else check_message(check, side="microsoft")
+    if check.ok:
+        return True, _("Connected to Microsoft 365: users and calendars are readable.")
+    return False, check_message(check, side="microsoft")
 
 
 # --- mapping users --------------------------------------------------------------------------------------
