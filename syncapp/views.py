@@ -24,6 +24,7 @@ from syncapp.forms import (
     PolicyForm,
     RaynetForm,
     RoleForm,
+    mailboxes_chosen_once,
 )
 from syncapp.models import Invitation, Membership
 from syncapp.providers.base import ProviderError
@@ -227,7 +228,8 @@ def setup_mapping(request: HttpRequest, code) -> HttpResponse:
         messages.error(request, getattr(error, "message", _("Connect Raynet and Microsoft 365 first.")))
         return redirect("organization", organization.code)
     forms = [row_form(row, mailboxes, request.POST if request.method == "POST" else None) for row in rows]
-    if request.method == "POST" and all(form.is_valid() for _row, form in forms):
+    valid = request.method == "POST" and all(form.is_valid() for _row, form in forms)
+    if valid and mailboxes_chosen_once([form for _row, form in forms]):
         if "enable_all" in request.POST:
             for _row, form in forms:
                 form.cleaned_data["enabled"] = form.cleaned_data["mailbox"] is not None
