@@ -383,16 +383,20 @@ def preview_mappings(*, organization: Organization, codes: list[str] | None = No
     return mappings.filter(enabled=True)
 
 
-def first_sync_start(*, organization: Organization, mappings: list[UserMapping]) -> None:
-    """The admin confirmed the preview: switch the organization's sync (and these mailboxes) on and start."""
+def first_sync_start(*, organization: Organization, mappings: list[UserMapping]) -> bool:
+    """The admin confirmed the preview: switch the organization's sync (and these mailboxes) on and start.
+
+    Returns whether the first runs were queued (else the next scheduled run does them)."""
     policy = organization.policy
     if not policy.sync_enabled:
         policy.sync_enabled = True
         policy.save(update_fields=["sync_enabled"])
+    queued = True
     for mapping in mappings:
         if not mapping.enabled:
             mapping_switch(mapping=mapping, enabled=True)
-        mapping_sync_now(mapping=mapping)
+        queued = mapping_sync_now(mapping=mapping) and queued
+    return queued
 
 
 def mapping_sync_now(*, mapping: UserMapping) -> bool:

@@ -283,8 +283,10 @@ def setup_preview(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code, admin_required=request.method == "POST")
     mappings = list(onboarding.preview_mappings(organization=organization, codes=request.GET.getlist("m")))
     if request.method == "POST":
-        onboarding.first_sync_start(organization=organization, mappings=mappings)
-        messages.success(request, _("The first sync has started."))
+        if onboarding.first_sync_start(organization=organization, mappings=mappings):
+            messages.success(request, _("The first sync has started."))
+        else:
+            messages.success(request, _("Sync is on: the next scheduled run makes the first sync."))
         return redirect("organization", organization.code)
     plans = onboarding.preview_plans(mappings=mappings)
     return render(
