@@ -315,6 +315,7 @@ def organization_overview(request: HttpRequest, code) -> HttpResponse:
         "notifications_live": live,
         "notifications_total": total,
         "chart": dashboard.activity_chart(organization),
+        "budget_chart": dashboard.budget_chart(organization),
         "legend": dashboard.chart_legend(),
         "runs": organization.runs.select_related("mapping").order_by("-started_at")[:10],
     }

@@ -204,3 +204,17 @@ def test_the_mapping_table_answers_no_500_to_anything(client, org, admin_user, m
     response = client.post(f"/org/{org.code}/setup/users/", {f"p2-{k}": v for k, v in rows.items()})
 
     assert response.status_code < 500
+
+
+def test_raynet_requests_per_day_are_kept_and_drawn(client, org, admin_user, raynet_connection, raynet_sandbox):
+    from syncapp.models import RaynetBudgetDay
+    from syncapp.providers.raynet import RaynetClient
+
+    RaynetClient(raynet_connection).list_users()
+
+    day = RaynetBudgetDay.objects.get(organization=org)
+    raynet_connection.refresh_from_db()
+    assert day.used == raynet_connection.budget_used >= 1
+    client.force_login(admin_user)
+    page = page_text(client.get(f"/org/{org.code}/"))
+    assert '<rect class="series-budget"' in page and f"{day.day:%d.%m.}: {day.used}" in page
