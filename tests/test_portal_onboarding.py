@@ -385,3 +385,21 @@ def test_sync_now_asks_the_background_worker_for_that_mailbox(client, org, admin
 
     assert requested == [(mapping, "manual")]
     assert "Sync of a@acme.test requested." in page_text(client.get(f"/org/{org.code}/"))
+
+
+def test_the_users_page_before_both_connections_says_what_is_missing(client, org, admin_user):
+    client.force_login(admin_user)
+
+    response = client.get(f"/org/{org.code}/setup/users/")
+
+    assert response.url == f"/org/{org.code}/"
+    assert "Connect Raynet and Microsoft 365 first." in page_text(client.get(response.url))
+
+
+def test_a_failing_api_on_the_users_page_is_reported_in_plain_words(connected_org, client, portal_raynet):
+    portal_raynet.inject_fault(500, times=10, path="userAccount")
+
+    response = client.get(f"/org/{connected_org.code}/setup/users/")
+
+    assert response.status_code == 302
+    assert "Raynet" in page_text(client.get(response.url))
