@@ -5,13 +5,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from syncapp.providers.base import MAX_MESSAGE, scrub_secrets
 from syncapp.secrets import EncryptedSecretField
+
+if TYPE_CHECKING:
+    from syncapp.providers.base import ConnectionCheck
 
 RAYNET_REGIONS = [
     ("https://app.raynet.cz/api/v2/", "Raynet Czech Republic (app.raynet.cz)"),
@@ -59,8 +64,17 @@ class ConnectionStatus(models.TextChoices):
     PAUSED = "paused", "Paused: daily API budget spent"
 
 
+# A success is written at most this often while nothing changes: callers may report one per run.
+SUCCESS_RECORD_INTERVAL = timedelta(minutes=1)
+
+
 class ConnectionOutcome(models.Model):
-    """Outcome stored on the row: status, the last error in plain words, the last success."""
+    """Outcome stored on the row: status, the last error in plain words, the last success.
+
+    Only the admin ends a stop: a success or a passing failure seen by a sync (perhaps one that was
+    already under way) never turns a DISABLED connection back on; `reenable()` and a passing
+    `record_check()` (the admin's "test now") do.
+    """
 
     status = models.CharField(max_length=10, choices=ConnectionStatus.choices, default=ConnectionStatus.NEW)
     last_error = models.TextField(blank=True)
@@ -71,16 +85,53 @@ class ConnectionOutcome(models.Model):
         abstract = True
 
     def record_success(self) -> None:
-        self.status = ConnectionStatus.OK
-        self.last_error = ""
-        self.last_success_at = timezone.now()
-        self.save(update_fields=["status", "last_error", "last_success_at"])
+        """Working, with the time; cheap to call after every successful run (one write a minute at most)."""
+        now = timezone.now()
+        if (
+            self.status == ConnectionStatus.OK
+            and not self.last_error
+            and self.last_success_at is not None
+            and now - self.last_success_at < SUCCESS_RECORD_INTERVAL
+        ):
+            return
+        self._update_unless_stopped(status=ConnectionStatus.OK, last_error="", last_success_at=now)
 
     def record_failure(self, message: str, *, permanent: bool) -> None:
-        self.status = ConnectionStatus.DISABLED if permanent else ConnectionStatus.ERROR
-        self.last_error = message
-        self.last_error_at = timezone.now()
-        self.save(update_fields=["status", "last_error", "last_error_at"])
+        """A permanent failure stops the connection until the admin acts; a passing one leaves a stop as it is."""
+        # Provider errors come scrubbed already; this keeps any other text from storing a credential.
+        fields = {"last_error": scrub_secrets(message, limit=MAX_MESSAGE), "last_error_at": timezone.now()}
+        if permanent:
+            self._update(status=ConnectionStatus.DISABLED, **fields)
+        else:
+            self._update_unless_stopped(status=ConnectionStatus.ERROR, **fields)
+
+    def record_check(self, check: ConnectionCheck) -> None:
+        """The outcome of the admin's connection test (a providers.base.ConnectionCheck)."""
+        if check.ok:
+            self._update(status=ConnectionStatus.OK, last_error="", last_success_at=timezone.now())
+        else:
+            self.record_failure(check.message, permanent=check.permanent)
+
+    def reenable(self) -> bool:
+        """Back from DISABLED (the admin fixed the cause), so syncing resumes; False if it was not stopped."""
+        if self.status != ConnectionStatus.DISABLED:
+            return False
+        self._update(status=ConnectionStatus.NEW)
+        return True
+
+    def _update(self, **fields) -> None:
+        type(self).objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def _update_unless_stopped(self, **fields) -> None:
+        """Written only while the row in the database is not DISABLED (another process may have stopped it)."""
+        updated = type(self).objects.filter(pk=self.pk).exclude(status=ConnectionStatus.DISABLED).update(**fields)
+        if updated:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        else:
+            self.status = ConnectionStatus.DISABLED
 
 
 class RaynetConnection(ConnectionOutcome):
@@ -104,6 +155,14 @@ class RaynetConnection(ConnectionOutcome):
 
     def is_paused(self) -> bool:
         return self.paused_until is not None and self.paused_until > timezone.now()
+
+    def reenable(self) -> bool:
+        """As for every connection; a pause whose budget reset has passed is cleared too (never an earlier one)."""
+        changed = super().reenable()
+        if self.paused_until is not None and not self.is_paused():
+            self._update(paused_until=None)
+            changed = True
+        return changed
 
 
 class MicrosoftConnection(ConnectionOutcome):

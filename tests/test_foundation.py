@@ -350,6 +350,28 @@ def test_a_success_clears_the_last_error(org):
     assert raynet.api_key.reveal() == API_KEY
 
 
+def test_repeated_successes_write_the_row_once_a_minute_at_most(org, django_assert_num_queries):
+    raynet = make_raynet_connection(org)
+    raynet.record_success()
+
+    with django_assert_num_queries(0):
+        raynet.record_success()
+
+
+def test_a_stopped_connection_stays_stopped_whatever_a_sync_under_way_reports(org):
+    raynet = make_raynet_connection(org)
+    seen_by_a_running_sync = RaynetConnection.objects.get(pk=raynet.pk)
+    raynet.record_failure("Raynet refused the login", permanent=True)
+
+    seen_by_a_running_sync.record_success()
+    seen_by_a_running_sync.record_failure("Raynet answered 503", permanent=False)
+
+    raynet.refresh_from_db()
+    assert raynet.status == ConnectionStatus.DISABLED
+    assert raynet.last_error == "Raynet refused the login"
+    assert seen_by_a_running_sync.status == ConnectionStatus.DISABLED
+
+
 def test_a_mapping_records_its_health_and_the_reason(org):
     mapping = make_mapping(org)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
+from django import db
 
-from syncapp.models import ConnectionStatus, SyncLogEntry, SyncRun
-from syncapp.providers.base import ErrorKind, ProviderError, scrub_secrets
+from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun
+from syncapp.providers.base import ErrorKind, ProviderError, concurrency_slot, scrub_secrets
 from syncapp.providers.outlook import OutlookClient
-from syncapp.providers.raynet import RaynetClient
+from syncapp.providers.raynet import MAX_CONNECTIONS, RaynetClient
 from syncapp.sync.service import sync_organization
 from tests.outlook_fixtures import OUTLOOK_CLIENT_SECRET, OUTLOOK_TENANT_ID
 from tests.raynet_fixtures import RAYNET_API_KEY, RAYNET_API_USER
@@ -67,7 +70,7 @@ def test_a_create_that_may_have_reached_raynet_is_sent_once_and_says_so(raynet, 
 
     assert raynet_sandbox.count("PUT", r"^meeting/$") == 1
     assert caught.value.kind == ErrorKind.TRANSIENT and caught.value.maybe_applied
-    assert caught.value.side == "raynet"
+    assert caught.value.side == "raynet" and caught.value.message.startswith("Raynet ")
     assert len(raynet_sandbox.activities("meeting")) == (1 if fault.get("after") else 0)
 
 
@@ -253,12 +256,13 @@ def test_scrub_secrets_removes_keys_tokens_and_credential_values_and_trims():
     text = (
         f"key {RAYNET_API_KEY}; header Authorization: Basic {BASIC}; bearer Bearer eyJ0eXAi.abc-def_1; "
         f'form client_secret={OUTLOOK_CLIENT_SECRET}&scope=x; json {{"client_secret": "s3cr3t-value"}}; '
+        '{"secretToken": "hook-token-1", "clientState": "state-1"}; '
         f"b64 {base64.b64encode(RAYNET_API_KEY.encode()).decode()} " + "x" * 400
     )
 
     scrubbed = scrub_secrets(text, secrets=[RAYNET_API_KEY])
 
-    for leaked in (RAYNET_API_KEY, BASIC, "eyJ0eXAi", OUTLOOK_CLIENT_SECRET, "s3cr3t-value"):
+    for leaked in (RAYNET_API_KEY, BASIC, "eyJ0eXAi", OUTLOOK_CLIENT_SECRET, "s3cr3t-value", "hook-token", "state-1"):
         assert leaked not in scrubbed
     assert base64.b64encode(RAYNET_API_KEY.encode()).decode() not in scrubbed
     assert scrubbed.startswith("key [redacted]; header Authorization: [redacted]")
@@ -319,3 +323,50 @@ def test_a_graph_answer_that_is_not_json_is_a_transient_error_in_plain_words(out
 
     assert caught.value.kind == ErrorKind.TRANSIENT and caught.value.side == "outlook"
     assert "Microsoft Graph answered with something that is not valid JSON" in caught.value.message
+
+
+# --- point 9: a key no configured key decrypts ----------------------------------------------------------------
+
+
+def test_a_sync_with_an_undecryptable_key_stops_the_raynet_connection_in_plain_words(world, settings):
+    settings.SECRET_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    organization = Organization.objects.get(pk=world.org.pk)  # as a worker loads it: nothing decrypted yet
+
+    runs = sync_organization(organization=organization, trigger=SyncRun.Trigger.MANUAL)
+
+    raynet = RaynetConnection.objects.get(organization=organization)
+    assert runs[0].status == SyncRun.Status.FAILED  # the next mailbox is skipped: the connection is stopped
+    assert all("cannot be decrypted: enter the key again" in run.error for run in runs)
+    assert raynet.status == ConnectionStatus.DISABLED
+    assert raynet.last_error.endswith("The stored Raynet API key cannot be decrypted: enter the key again.")
+    assert world.raynet.count() == 0
+
+
+def test_waiting_for_a_free_connection_slot_ends_at_the_deadline(raynet, raynet_sandbox, retry_waits):
+    namespace, key = raynet._concurrency_key(raynet.session.url("meeting/"))
+    holding, release = threading.Semaphore(0), threading.Event()
+
+    def hold_a_slot() -> None:  # other processes using all 4 connections to this Raynet
+        try:
+            with concurrency_slot(namespace, key, MAX_CONNECTIONS):
+                holding.release()
+                release.wait(10)
+        finally:
+            db.connection.close()
+
+    holders = [threading.Thread(target=hold_a_slot) for _ in range(MAX_CONNECTIONS)]
+    for holder in holders:
+        holder.start()
+    try:
+        for _ in holders:
+            assert holding.acquire(timeout=10)
+        raynet.session.deadline = time.monotonic() + 0.3
+        with pytest.raises(ProviderError) as caught:
+            raynet.list_activities("meeting")
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join()
+
+    assert caught.value.kind == ErrorKind.RATE_LIMITED and not caught.value.maybe_applied
+    assert raynet_sandbox.count() == 0 and retry_waits == []

@@ -38,6 +38,7 @@ class ErrorKind(StrEnum):
 
 
 RETRYABLE_KINDS = {ErrorKind.RATE_LIMITED, ErrorKind.TRANSIENT}
+SERVICE_NAMES = {"raynet": "Raynet", "outlook": "Microsoft Graph"}  # by ProviderError.side
 NEEDS_ADMIN_KINDS = {ErrorKind.AUTH, ErrorKind.PERMISSION}
 
 
@@ -95,7 +96,8 @@ CREDENTIAL_PATTERNS = [
     re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE),
     re.compile(r"(Authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+", re.IGNORECASE),
     re.compile(
-        r"((?:client_secret|client_assertion|access_token|refresh_token|api_?key|password|secret)"
+        r"((?:client_secret|client_assertion|client_?state|access_token|refresh_token|secret_?token|api_?key"
+        r"|password|secret)"
         r"[\"']?\s*[:=]\s*[\"']?)[^\"'&\s,}]+",
         re.IGNORECASE,
     ),
@@ -169,11 +171,14 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 @contextmanager
-def concurrency_slot(namespace: str, key: str, limit: int, *, poll: float = 0.05) -> Iterator[int]:
+def concurrency_slot(
+    namespace: str, key: str, limit: int, *, poll: float = 0.05, deadline: float | None = None
+) -> Iterator[int]:
     """Hold one of `limit` slots for `key`, across every thread and process sharing the database.
 
     PostgreSQL session advisory locks: slot n of key k is lock (hash(namespace:k), n).
-    A crashed process drops its connection and with it its slots.
+    A crashed process drops its connection and with it its slots. Waiting for a slot ends at
+    `deadline` (time.monotonic()) with a RATE_LIMITED error: nothing was sent.
     """
     lock_key = zlib.crc32(f"{namespace}:{key}".encode()) - 2**31
     with connection.cursor() as cursor:
@@ -186,6 +191,12 @@ def concurrency_slot(namespace: str, key: str, limit: int, *, poll: float = 0.05
                     finally:
                         cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [lock_key, slot])
                     return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ProviderError(
+                    f"All {limit} connections allowed at once are busy and the run's time is up.",
+                    kind=ErrorKind.RATE_LIMITED,
+                    retry_after=1.0,
+                )
             time.sleep(poll * (1 + random.random()))
 
 
@@ -277,7 +288,7 @@ class ProviderSession:
             response = self._http(method, url, **kwargs)
         else:
             namespace, key = self.concurrency_key(url)
-            with concurrency_slot(namespace, key, self.concurrency_limit):
+            with concurrency_slot(namespace, key, self.concurrency_limit, deadline=self.deadline):
                 response = self._http(method, url, **kwargs)
         if self.on_response is not None:
             self.on_response(response)
@@ -289,18 +300,19 @@ class ProviderSession:
         return response
 
     def _http(self, method: str, url: str, **kwargs) -> requests.Response:
+        service = SERVICE_NAMES.get(self.side, "The service")
         try:
             return self.http.request(method, url, **kwargs)
         except requests.ConnectTimeout:
-            raise ProviderError("The service could not be reached.", kind=ErrorKind.TRANSIENT) from None
+            raise ProviderError(f"{service} could not be reached.", kind=ErrorKind.TRANSIENT) from None
         except requests.Timeout:
             raise ProviderError(
-                "The service did not answer in time.", kind=ErrorKind.TRANSIENT, maybe_applied=True
+                f"{service} did not answer in time.", kind=ErrorKind.TRANSIENT, maybe_applied=True
             ) from None
         except requests.ConnectionError as error:
-            raise ProviderError(
-                "The service could not be reached.", kind=ErrorKind.TRANSIENT, maybe_applied=sent_before_failing(error)
-            ) from None
+            sent = sent_before_failing(error)
+            words = "broke the connection before answering" if sent else "could not be reached"
+            raise ProviderError(f"{service} {words}.", kind=ErrorKind.TRANSIENT, maybe_applied=sent) from None
 
 
 def sent_before_failing(error: requests.ConnectionError) -> bool:

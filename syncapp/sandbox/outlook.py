@@ -238,6 +238,15 @@ def build_rule(recurrence: dict, first_local: datetime) -> rrule.rrule:
     return rrule.rrule(freq, dtstart=dtstart, **options)
 
 
+def looks_like_tenant(tenant: str) -> bool:
+    """A GUID or a domain name: Entra answers anything else with AADSTS900023, not "not found"."""
+    try:
+        uuid.UUID(tenant)
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", tenant))
+    return True
+
+
 def page_link(url: str, skip_token: str) -> str:
     """`url` with `$skiptoken` replaced: the other query options carry over as Graph's links do."""
     parts = urlsplit(url)
@@ -440,6 +449,13 @@ class GraphSandbox(Sandbox):
         segments = request.path.strip("/").split("/")
         tenant_id = segments[0]
         rest = "/".join(segments[1:])
+        if tenant_id not in self.state["tenants"] and not looks_like_tenant(unquote(tenant_id)):
+            raise GraphError(
+                400,
+                "invalid_tenant",
+                f"AADSTS900023: Specified tenant identifier '{unquote(tenant_id)}' is neither a valid DirectoryName "
+                "nor a valid ObjectId.",
+            )
         if tenant_id not in self.state["tenants"]:
             raise GraphError(
                 400,
