@@ -14,6 +14,7 @@ $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 
 migrate: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input
+	$(PY) manage.py createcachetable
 
 run: migrate
 	@echo "Portal: http://127.0.0.1:$(PORT)/  (admin: http://127.0.0.1:$(PORT)/admin/)"

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from syncapp.providers.base import MAX_MESSAGE, scrub_secrets
 from syncapp.secrets import EncryptedSecretField
@@ -37,10 +38,11 @@ class Organization(models.Model):
 
 class Membership(models.Model):
     class Role(models.TextChoices):
-        ADMIN = "admin", "Admin"
-        VIEWER = "viewer", "Viewer"
+        ADMIN = "admin", _("Admin")
+        VIEWER = "viewer", _("Viewer")
 
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="memberships")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)  # the member in portal URLs
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
     created = models.DateTimeField(default=timezone.now)
@@ -56,12 +58,32 @@ class Membership(models.Model):
         return self.role == self.Role.ADMIN
 
 
+class Invitation(models.Model):
+    """An admin's invitation of a colleague by e-mail; accepted by a signed-in user with that address."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="invitations")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Membership.Role.choices, default=Membership.Role.VIEWER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "email"], name="one_invitation_per_email")]
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.email} to {self.organization}"
+
+    def is_for(self, user) -> bool:
+        return bool(user.email) and user.email.casefold() == self.email.casefold()
+
+
 class ConnectionStatus(models.TextChoices):
-    NEW = "new", "Not tested yet"
-    OK = "ok", "Working"
-    ERROR = "error", "Failing (retrying)"
-    DISABLED = "disabled", "Stopped: needs the admin"
-    PAUSED = "paused", "Paused: daily API budget spent"
+    NEW = "new", _("Not tested yet")
+    OK = "ok", _("Working")
+    ERROR = "error", _("Failing (retrying)")
+    DISABLED = "disabled", _("Stopped: needs the admin")
+    PAUSED = "paused", _("Paused: daily API budget spent")
 
 
 # A success is written at most this often while nothing changes: callers may report one per run.
@@ -156,6 +178,13 @@ class RaynetConnection(ConnectionOutcome):
     def is_paused(self) -> bool:
         return self.paused_until is not None and self.paused_until > timezone.now()
 
+    @property
+    def budget_used(self) -> int | None:
+        """Requests spent of today's budget, as the last X-Ratelimit-* headers said; None before any call."""
+        if self.rate_limit_limit is None or self.rate_limit_remaining is None:
+            return None
+        return max(0, self.rate_limit_limit - self.rate_limit_remaining)
+
     def reenable(self) -> bool:
         """As for every connection; a pause whose budget reset has passed is cleared too (never an earlier one)."""
         changed = super().reenable()
@@ -167,14 +196,14 @@ class RaynetConnection(ConnectionOutcome):
 
 class MicrosoftConnection(ConnectionOutcome):
     class Cloud(models.TextChoices):
-        GLOBAL = "global", "Microsoft 365 (global)"
-        USGOV = "usgov", "Microsoft 365 US Government"
-        CHINA = "china", "Microsoft 365 operated by 21Vianet"
+        GLOBAL = "global", _("Microsoft 365 (global)")
+        USGOV = "usgov", _("Microsoft 365 US Government")
+        CHINA = "china", _("Microsoft 365 operated by 21Vianet")
 
     class Consent(models.TextChoices):
-        NONE = "none", "Not granted yet"
-        GRANTED = "granted", "Granted"
-        REVOKED = "revoked", "Revoked or expired"
+        NONE = "none", _("Not granted yet")
+        GRANTED = "granted", _("Granted")
+        REVOKED = "revoked", _("Revoked or expired")
 
     organization = models.OneToOneField(Organization, models.CASCADE, related_name="microsoft")
     tenant_id = models.CharField(max_length=64, help_text="Microsoft Entra tenant id (a GUID).")
@@ -194,21 +223,21 @@ class MicrosoftConnection(ConnectionOutcome):
 
 
 class PrivateEventsMode(models.TextChoices):
-    STANDARD = "standard", "Sync like any other event"
-    TIME_BLOCKER = "time_blocker", "Sync only the time, titled “Time blocker”"
-    SKIP = "skip", "Do not sync"
+    STANDARD = "standard", _("Sync like any other event")
+    TIME_BLOCKER = "time_blocker", _("Sync only the time, titled “Time blocker”")
+    SKIP = "skip", _("Do not sync")
 
 
 class DeletionMode(models.TextChoices):
-    CANCEL = "cancel", "Mark the Raynet activity CANCELLED"
-    DELETE = "delete", "Delete the Raynet activity"
-    IGNORE = "ignore", "Leave the Raynet activity as it is"
+    CANCEL = "cancel", _("Mark the Raynet activity CANCELLED")
+    DELETE = "delete", _("Delete the Raynet activity")
+    IGNORE = "ignore", _("Leave the Raynet activity as it is")
 
 
 class ConflictWinner(models.TextChoices):
-    LATEST = "latest", "The latest change wins"
-    RAYNET = "raynet", "Raynet always wins"
-    OUTLOOK = "outlook", "Outlook always wins"
+    LATEST = "latest", _("The latest change wins")
+    RAYNET = "raynet", _("Raynet always wins")
+    OUTLOOK = "outlook", _("Outlook always wins")
 
 
 @dataclass(frozen=True)
@@ -237,6 +266,8 @@ class SyncPolicy(models.Model):
     conflict_winner = models.CharField(max_length=10, choices=ConflictWinner.choices, default=ConflictWinner.LATEST)
     window_days_back = models.PositiveIntegerField(default=30)
     window_days_ahead = models.PositiveIntegerField(default=365)
+    # When an admin saved the policies in the portal (the onboarding wizard's policy step is done).
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "sync policies"
@@ -247,12 +278,13 @@ class SyncPolicy(models.Model):
 
 class UserMapping(models.Model):
     class Health(models.TextChoices):
-        OK = "ok", "OK"
-        WARNING = "warning", "Warning"
-        ERROR = "error", "Error"
-        FLAGGED = "flagged", "Flagged: waiting for an admin"
+        OK = "ok", _("OK")
+        WARNING = "warning", _("Warning")
+        ERROR = "error", _("Error")
+        FLAGGED = "flagged", _("Flagged: waiting for an admin")
 
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="mappings")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)  # the mapping in portal URLs
     raynet_user_id = models.PositiveIntegerField(help_text="Raynet userAccount id.")
     raynet_person_id = models.PositiveIntegerField(help_text="Raynet person id: the owner of the user's activities.")
     raynet_email = models.EmailField()
@@ -303,6 +335,20 @@ class UserMapping(models.Model):
         self.health = health
         self.health_reason = reason
         self.save(update_fields=["health", "health_reason"])
+
+    def approve_held_deletions(self) -> None:
+        """An admin confirmed the deletions the mass-delete guard held back: the next run carries them out."""
+        self.mass_delete_approved = True
+        self.save(update_fields=["mass_delete_approved"])
+
+    def reset_cursors(self) -> None:
+        """An admin chose "reset": the next run reads both sides' whole window again instead of deleting."""
+        self.graph_delta_link = ""
+        self.graph_delta_window_start = None
+        self.raynet_cursor = None
+        self.mass_delete_approved = False
+        self.health, self.health_reason = self.Health.OK, ""
+        self.save()
 
 
 class EventLink(models.Model):
@@ -405,17 +451,17 @@ class EventLink(models.Model):
 
 class SyncRun(models.Model):
     class Trigger(models.TextChoices):
-        SCHEDULE = "schedule", "Schedule"
-        WEBHOOK = "webhook", "Webhook"
-        MANUAL = "manual", "Manual (portal)"
-        CLI = "cli", "Command line"
+        SCHEDULE = "schedule", _("Schedule")
+        WEBHOOK = "webhook", _("Webhook")
+        MANUAL = "manual", _("Manual (portal)")
+        CLI = "cli", _("Command line")
 
     class Status(models.TextChoices):
-        RUNNING = "running", "Running"
-        OK = "ok", "OK"
-        PARTIAL = "partial", "Finished with errors"
-        FAILED = "failed", "Failed"
-        SKIPPED = "skipped", "Skipped"
+        RUNNING = "running", _("Running")
+        OK = "ok", _("OK")
+        PARTIAL = "partial", _("Finished with errors")
+        FAILED = "failed", _("Failed")
+        SKIPPED = "skipped", _("Skipped")
 
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="runs")
     mapping = models.ForeignKey(UserMapping, models.CASCADE, null=True, blank=True, related_name="runs")

@@ -158,6 +158,8 @@ class ConnectionCheck:
     ok: bool
     message: str
     permanent: bool = False  # a failure only the admin can fix (the connection stops until then)
+    # The failure behind a failed check, so the portal can word it in the reader's language.
+    error: ProviderError | None = None
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -540,5 +540,5 @@ class OutlookClient:
             self._json("GET", f"users/{quote(user_id, safe='')}/calendar")
         except ProviderError as error:
             error.scrub(self.session.secrets())  # acquire_token's errors do not pass through the session
-            return ConnectionCheck(False, error.message, permanent=error.permanent)
+            return ConnectionCheck(False, error.message, permanent=error.permanent, error=error)
         return ConnectionCheck(True, "Connected to Microsoft 365: users and calendars are readable.")

@@ -428,7 +428,7 @@ class RaynetClient:
             users = self._request("GET", "userAccount/", params={"username": self.connection.api_user_email})
             self._request("GET", "meeting/", params={"limit": 1})
         except ProviderError as error:
-            return ConnectionCheck(False, self._connection_problem(error), permanent=error.permanent)
+            return ConnectionCheck(False, self._connection_problem(error), permanent=error.permanent, error=error)
         found = self._data(users)
         who = found[0]["person"].get("fullName") if found and found[0].get("person") else None
         as_whom = f"{self.connection.api_user_email} ({who})" if who else self.connection.api_user_email
@@ -592,6 +592,8 @@ class RaynetClient:
             connection.rate_limit_limit = limit
             connection.rate_limit_remaining = remaining
             connection.rate_limit_reset_at = reset_at
+            if connection.pk is None:  # a connection being tested in the connect form: saved with its numbers
+                return
             self._unsaved_responses += 1
             due = time.monotonic() - self._last_rate_limit_save >= RATE_LIMIT_SAVE_SECONDS
             if not (urgent or due or self._unsaved_responses >= RATE_LIMIT_SAVE_EVERY):

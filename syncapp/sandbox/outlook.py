@@ -332,8 +332,9 @@ class GraphSandbox(Sandbox):
         return REST_PREFIX + event_id[len(IMMUTABLE_PREFIX) :]
 
     # === tenants and users (the person API) ========================================================
-    def add_tenant(self, tenant_id: str, client_id: str, client_secret: str) -> None:
-        self.state["tenants"][tenant_id] = {"client_id": client_id, "client_secret": client_secret, "consent": True}
+    def add_tenant(self, tenant_id: str, client_id: str, client_secret: str, *, consent: bool = True) -> None:
+        """A tenant where our app is registered; `consent=False` until an admin accepts the consent page."""
+        self.state["tenants"][tenant_id] = {"client_id": client_id, "client_secret": client_secret, "consent": consent}
 
     def revoke_consent(self, tenant_id: str) -> None:
         """The tenant's admin removed the app: new tokens are refused (tokens already issued keep working)."""
@@ -449,6 +450,8 @@ class GraphSandbox(Sandbox):
         segments = request.path.strip("/").split("/")
         tenant_id = segments[0]
         rest = "/".join(segments[1:])
+        if rest == "v2.0/adminconsent" and tenant_id in ("organizations", "common"):
+            return self._admin_consent(request)
         if tenant_id not in self.state["tenants"] and not looks_like_tenant(unquote(tenant_id)):
             raise GraphError(
                 400,
@@ -467,6 +470,51 @@ class GraphSandbox(Sandbox):
         if request.method == "POST" and rest == "oauth2/v2.0/token":
             return self._issue_token(request, tenant_id)
         raise GraphError(404, "not_found", f"AADSTS90027: no such endpoint {request.path}")
+
+    def _admin_consent(self, request: SandboxRequest) -> SandboxResponse:
+        """Microsoft's admin-consent page, simulated: pick the tenant you administer, accept or cancel.
+
+        As https://learn.microsoft.com/entra/identity-platform/v2-admin-consent: the browser comes back to
+        redirect_uri with tenant, state and admin_consent=True, or with error and error_description.
+        """
+        args = {key: values[0] for key, values in request.query.items()}
+        if request.method == "POST":
+            args |= {key: values[0] for key, values in parse_qs(request.body.decode()).items()}
+        client_id, redirect_uri = args.get("client_id", ""), args.get("redirect_uri", "")
+        tenants = [t for t, record in self.state["tenants"].items() if record["client_id"] == client_id]
+        if not redirect_uri.startswith(("http://", "https://")) or not tenants:
+            raise GraphError(400, "invalid_request", f"AADSTS700016: Application '{client_id}' was not found.")
+        if request.method == "POST":
+            if args.get("decision") == "accept" and args.get("tenant") in tenants:
+                self.state["tenants"][args["tenant"]]["consent"] = True
+                answer = {"tenant": args["tenant"], "state": args.get("state", ""), "admin_consent": "True"}
+            else:
+                answer = {
+                    "error": "access_denied",
+                    "error_description": "AADSTS65004: The administrator declined to consent.",
+                    "state": args.get("state", ""),
+                }
+            separator = "&" if "?" in redirect_uri else "?"
+            return SandboxResponse(302, None, {"Location": f"{redirect_uri}{separator}{urlencode(answer)}"})
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in args.items()
+            if k in ("client_id", "redirect_uri", "state", "scope")
+        )
+        choices = "".join(
+            f'<p><input type="radio" name="tenant" id="t{i}" value="{html.escape(t)}"{" checked" if i == 0 else ""}>'
+            f' <label for="t{i}">{html.escape(t)}</label></p>'
+            for i, t in enumerate(tenants)
+        )
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Permissions requested</title></head>'
+            "<body><h1>Permissions requested (sandbox)</h1><p>Accept for your organization: read and write "
+            "calendars in all mailboxes, read all users' basic profiles.</p>"
+            f'<form method="post">{hidden}{choices}'
+            '<button type="submit" name="decision" value="accept">Accept</button> '
+            '<button type="submit" name="decision" value="cancel">Cancel</button></form></body></html>'
+        )
+        return SandboxResponse(200, page, {"Content-Type": "text/html; charset=utf-8"})
 
     def _openid_configuration(self, request: SandboxRequest, tenant_id: str) -> dict:
         base = f"{self._root(request)}/{tenant_id}"
