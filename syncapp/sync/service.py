@@ -180,7 +180,8 @@ def mapping_dry_run(*, mapping: UserMapping) -> MappingPlan:
         getattr(mapping.organization, "raynet", None) is None
         or getattr(mapping.organization, "microsoft", None) is None
     ):
-        raise ValueError("Raynet and Microsoft 365 must both be connected first.")
+        # A ProviderError, as any other reason the preview cannot be read: the portal shows its words.
+        raise ProviderError("Raynet and Microsoft 365 must both be connected first.", kind=ErrorKind.VALIDATION)
     raynet, outlook = make_clients(mapping.organization)
     raynet.session.deadline = outlook.session.deadline = time.monotonic() + settings.SYNC_RUN_DEADLINE
     with transaction.atomic():
