@@ -27,6 +27,14 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_catalogues() -> None:
+    """The Czech pages need the compiled catalogue, as `make` builds it (a run of plain pytest too)."""
+    from syncapp.management.commands.compile_catalogues import compile_catalogues
+
+    compile_catalogues()
+
+
 @pytest.fixture
 def retry_waits(monkeypatch) -> list[float]:
     """Seconds ProviderSession would have slept between retries, for every session of the test; none is slept."""

@@ -107,6 +107,7 @@ def test_pages_carry_a_content_security_policy_without_inline_script(client, org
     policy = response["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert "frame-ancestors 'none'" in policy
+    assert "form-action 'self' https://login.chinacloudapi.cn https://login.microsoftonline.com" in policy
     assert response["Referrer-Policy"] == "same-origin"
     assert response["X-Frame-Options"] == "DENY"
     body = response.content.decode()

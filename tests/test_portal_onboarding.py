@@ -299,3 +299,26 @@ def test_the_raynet_region_list_offers_the_sandbox_only_when_it_is_enabled(clien
     assert PORTAL_RAYNET_URL in page_text(client.get(f"/org/{org.code}/setup/raynet/"))
     settings.SANDBOX_ENABLED = False
     assert "/sandbox/" not in page_text(client.get(f"/org/{org.code}/setup/raynet/"))
+
+
+def test_one_mailbox_cannot_be_chosen_for_two_raynet_users(connected_org, client, portal_raynet):
+    alice, bob = raynet_person(portal_raynet, "alice@acme.test"), raynet_person(portal_raynet, "bob@acme.test")
+
+    response = client.post(
+        f"/org/{connected_org.code}/setup/users/",
+        row_data({alice: {"mailbox": "alice@acme.test"}, bob: {"mailbox": "ALICE@acme.test"}}),
+    )
+
+    assert "already chosen for another Raynet user" in page_text(response)
+    assert not UserMapping.objects.filter(organization=connected_org).exists()
+
+
+def test_two_users_can_swap_mailboxes_in_one_save(connected_org, client, portal_raynet):
+    alice, bob = raynet_person(portal_raynet, "alice@acme.test"), raynet_person(portal_raynet, "bob@acme.test")
+    url = f"/org/{connected_org.code}/setup/users/"
+    client.post(url, row_data({alice: {"mailbox": "alice@acme.test"}, bob: {"mailbox": "bob@acme.test"}}))
+
+    client.post(url, row_data({alice: {"mailbox": "bob@acme.test"}, bob: {"mailbox": "alice@acme.test"}}))
+
+    upn = dict(UserMapping.objects.filter(organization=connected_org).values_list("raynet_person_id", "outlook_upn"))
+    assert upn == {alice: "bob@acme.test", bob: "alice@acme.test"}
