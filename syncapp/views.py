@@ -221,11 +221,13 @@ def microsoft_consent_callback(request: HttpRequest) -> HttpResponse:
 @login_required
 def setup_mapping(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code, admin_required=request.method == "POST")
+    if onboarding.onboarding_step(organization) in ("raynet", "microsoft"):
+        messages.error(request, _("Connect Raynet and Microsoft 365 first."))
+        return redirect("organization", organization.code)
     try:
         rows, mailboxes = onboarding.mapping_rows(organization=organization)
-    except (ProviderError, AttributeError) as error:
-        # AttributeError: a connection is missing; ProviderError: one of the two APIs failed just now.
-        messages.error(request, getattr(error, "message", _("Connect Raynet and Microsoft 365 first.")))
+    except ProviderError as error:
+        messages.error(request, error.message)
         return redirect("organization", organization.code)
     forms = [row_form(row, mailboxes, request.POST if request.method == "POST" else None) for row in rows]
     valid = request.method == "POST" and all(form.is_valid() for _row, form in forms)
