@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint migrate worker stopdb clean
+.PHONY: run test lint migrate worker stopdb clean catalogues messages
 
 $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,11 @@ $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
 
-migrate: $(VENV)/.installed
+# Translations are compiled in the build (polib: no GNU gettext needed).
+catalogues: $(VENV)/.installed
+	$(PY) manage.py compile_catalogues
+
+migrate: catalogues
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py createcachetable
 
@@ -23,8 +27,12 @@ run: migrate
 worker: migrate
 	$(PY) manage.py qcluster
 
-test: $(VENV)/.installed
+test: catalogues
 	$(PY) -m pytest
+
+# After changing a string in code or templates: refresh the catalogue, translate, `make test` checks it.
+messages: $(VENV)/.installed
+	$(PY) manage.py makemessages -l cs --no-obsolete --ignore=.venv --ignore=tests --ignore=static-collected
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -170,11 +170,11 @@ SESSION_COOKIE_HTTPONLY = True
 LANGUAGE_COOKIE_SECURE = not DEBUG
 LANGUAGE_COOKIE_HTTPONLY = True
 LANGUAGE_COOKIE_SAMESITE = "Lax"
-# No inline script or style anywhere; the sandbox's consent page is a form to our own callback.
+# No inline script or style anywhere. The middleware adds form-action: 'self' and the Microsoft sign-in
+# hosts of MICROSOFT_CLOUDS (the consent form redirects there).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self' https://login.microsoftonline.com https://login.microsoftonline.us "
-    "https://login.chinacloudapi.cn; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
 
 # Background work: django-q2 with the ORM broker on the same PostgreSQL database.

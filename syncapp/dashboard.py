@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 
 from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from syncapp.models import EventLink, Organization, SyncLogEntry, SyncRun, UserMapping
+from syncapp.models import EventLink, Organization, RaynetBudgetDay, SyncLogEntry, SyncRun, UserMapping
 
 CHART_DAYS = 14
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 700, 180, 30
+BUDGET_HEIGHT = 120
 # Series of the chart: (direction, action) → label; errors are counted apart.
 CHART_SERIES = [
     ("to_outlook", "created", "series-1"),
@@ -121,6 +122,30 @@ def activity_chart(organization: Organization, *, today: date | None = None) -> 
             title = f"{day:%d.%m.}: {n} × {_('errors') if css == 'series-err' else f'{direction} {action}'}"
             bars.append(ChartBar(x0 + j * bar, CHART_HEIGHT - CHART_PAD - height, height, bar, css, title))
     return Chart(bars=bars, labels=labels, maximum=maximum)
+
+
+def budget_chart(organization: Organization, *, today: date | None = None) -> Chart:
+    """Raynet API requests spent per day (UTC) over the last CHART_DAYS days, one query."""
+    today = today or timezone.now().astimezone(UTC).date()
+    days = [today - timedelta(days=CHART_DAYS - 1 - i) for i in range(CHART_DAYS)]
+    used = dict(RaynetBudgetDay.objects.filter(organization=organization, day__gte=days[0]).values_list("day", "used"))
+    maximum = max([1, *used.values()])
+    slot = (CHART_WIDTH - CHART_PAD) / CHART_DAYS
+    scale = (BUDGET_HEIGHT - CHART_PAD) / maximum
+    bars = [
+        ChartBar(
+            CHART_PAD + i * slot + slot / 4,
+            BUDGET_HEIGHT - CHART_PAD - used[day] * scale,
+            used[day] * scale,
+            slot / 2,
+            "series-budget",
+            f"{day:%d.%m.}: {used[day]}",
+        )
+        for i, day in enumerate(days)
+        if used.get(day)
+    ]
+    labels = [(CHART_PAD + i * slot + slot / 2, day.strftime("%d.%m.")) for i, day in enumerate(days)]
+    return Chart(bars=bars, labels=labels, maximum=maximum, height=BUDGET_HEIGHT)
 
 
 def chart_legend() -> list[tuple[str, str]]:

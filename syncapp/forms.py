@@ -17,6 +17,7 @@ from syncapp.models import (
     SyncPolicy,
 )
 from syncapp.onboarding import RaynetDetails
+from syncapp.templatetags.portal import action_label
 
 SANDBOX_RAYNET_PATH = "/sandbox/raynet/demo/api/v2/"
 
@@ -191,6 +192,19 @@ class MappingRowForm(forms.Form):
         }
 
 
+def mailboxes_chosen_once(row_forms: list[MappingRowForm]) -> bool:
+    """One mailbox belongs to one Raynet user: a second row choosing it gets an error beside it."""
+    seen: set[str] = set()
+    for form in row_forms:
+        mailbox = form.cleaned_data.get("mailbox")
+        if mailbox is None:
+            continue
+        if mailbox["id"] in seen:
+            form.add_error("mailbox", _("This mailbox is already chosen for another Raynet user."))
+        seen.add(mailbox["id"])
+    return all(form.is_valid() for form in row_forms)
+
+
 class LogFilterForm(forms.Form):
     user = forms.ChoiceField(label=_("User"), required=False)
     direction = forms.ChoiceField(
@@ -202,4 +216,4 @@ class LogFilterForm(forms.Form):
     def __init__(self, *args, users: list[tuple[str, str]], actions: list[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["user"].choices = [("", _("Everybody"))] + users
-        self.fields["action"].choices = [("", _("Any"))] + [(a, a) for a in actions]
+        self.fields["action"].choices = [("", _("Any"))] + [(a, action_label(a)) for a in actions]

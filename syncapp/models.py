@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -178,6 +178,17 @@ class RaynetConnection(ConnectionOutcome):
     def is_paused(self) -> bool:
         return self.paused_until is not None and self.paused_until > timezone.now()
 
+    def save_rate_limit(self) -> None:
+        """Store the last X-Ratelimit-* numbers, and today's spend for the dashboard's 14-day chart."""
+        self.save(update_fields=["rate_limit_limit", "rate_limit_remaining", "rate_limit_reset_at"])
+        if self.budget_used is not None:
+            # The budget resets at midnight UTC (X-Ratelimit-Reset): the day it belongs to ends at the reset.
+            ends = self.rate_limit_reset_at or timezone.now() + timedelta(days=1)
+            day = (ends.astimezone(UTC) - timedelta(seconds=1)).date()
+            RaynetBudgetDay.objects.update_or_create(
+                organization_id=self.organization_id, day=day, defaults={"used": self.budget_used}
+            )
+
     @property
     def budget_used(self) -> int | None:
         """Requests spent of today's budget, as the last X-Ratelimit-* headers said; None before any call."""
@@ -192,6 +203,20 @@ class RaynetConnection(ConnectionOutcome):
             self._update(paused_until=None)
             changed = True
         return changed
+
+
+class RaynetBudgetDay(models.Model):
+    """Raynet API requests an organization spent on one day (UTC), as the rate-limit headers said."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="raynet_budget_days")
+    day = models.DateField()
+    used = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "day"], name="one_budget_row_per_day")]
+
+    def __str__(self) -> str:
+        return f"{self.organization} used {self.used} Raynet requests on {self.day}"
 
 
 class MicrosoftConnection(ConnectionOutcome):

@@ -205,7 +205,7 @@ def raynet_connect(*, organization: Organization, details: RaynetDetails) -> tup
     connection.save()
     connection.record_check(check)
     register_raynet_webhook(organization)
-    return True, check.message
+    return True, _("Connected to Raynet instance “%(instance)s”.") % {"instance": details.instance_name}
 
 
 def contract(module: str, name: str) -> Callable | None:
@@ -260,7 +260,9 @@ def microsoft_check(*, connection: MicrosoftConnection) -> tuple[bool, str]:
     """List users and read one calendar; the outcome is stored on the connection (a pass restarts it)."""
     check = OutlookClient(connection).test_connection()
     connection.record_check(check)
-    return check.ok, check.message if check.ok else check_message(check, side="microsoft")
+    if check.ok:
+        return True, _("Connected to Microsoft 365: users and calendars are readable.")
+    return False, check_message(check, side="microsoft")
 
 
 # --- mapping users --------------------------------------------------------------------------------------
@@ -381,16 +383,20 @@ def preview_mappings(*, organization: Organization, codes: list[str] | None = No
     return mappings.filter(enabled=True)
 
 
-def first_sync_start(*, organization: Organization, mappings: list[UserMapping]) -> None:
-    """The admin confirmed the preview: switch the organization's sync (and these mailboxes) on and start."""
+def first_sync_start(*, organization: Organization, mappings: list[UserMapping]) -> bool:
+    """The admin confirmed the preview: switch the organization's sync (and these mailboxes) on and start.
+
+    Returns whether the first runs were queued (else the next scheduled run does them)."""
     policy = organization.policy
     if not policy.sync_enabled:
         policy.sync_enabled = True
         policy.save(update_fields=["sync_enabled"])
+    queued = True
     for mapping in mappings:
         if not mapping.enabled:
             mapping_switch(mapping=mapping, enabled=True)
-        mapping_sync_now(mapping=mapping)
+        queued = mapping_sync_now(mapping=mapping) and queued
+    return queued
 
 
 def mapping_sync_now(*, mapping: UserMapping) -> bool:

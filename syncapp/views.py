@@ -24,6 +24,7 @@ from syncapp.forms import (
     PolicyForm,
     RaynetForm,
     RoleForm,
+    mailboxes_chosen_once,
 )
 from syncapp.models import Invitation, Membership
 from syncapp.providers.base import ProviderError
@@ -220,14 +221,17 @@ def microsoft_consent_callback(request: HttpRequest) -> HttpResponse:
 @login_required
 def setup_mapping(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code, admin_required=request.method == "POST")
+    if onboarding.onboarding_step(organization) in ("raynet", "microsoft"):
+        messages.error(request, _("Connect Raynet and Microsoft 365 first."))
+        return redirect("organization", organization.code)
     try:
         rows, mailboxes = onboarding.mapping_rows(organization=organization)
-    except (ProviderError, AttributeError) as error:
-        # AttributeError: a connection is missing; ProviderError: one of the two APIs failed just now.
-        messages.error(request, getattr(error, "message", _("Connect Raynet and Microsoft 365 first.")))
+    except ProviderError as error:
+        messages.error(request, error.message)
         return redirect("organization", organization.code)
     forms = [row_form(row, mailboxes, request.POST if request.method == "POST" else None) for row in rows]
-    if request.method == "POST" and all(form.is_valid() for _row, form in forms):
+    valid = request.method == "POST" and all(form.is_valid() for _row, form in forms)
+    if valid and mailboxes_chosen_once([form for _row, form in forms]):
         if "enable_all" in request.POST:
             for _row, form in forms:
                 form.cleaned_data["enabled"] = form.cleaned_data["mailbox"] is not None
@@ -281,8 +285,10 @@ def setup_preview(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code, admin_required=request.method == "POST")
     mappings = list(onboarding.preview_mappings(organization=organization, codes=request.GET.getlist("m")))
     if request.method == "POST":
-        onboarding.first_sync_start(organization=organization, mappings=mappings)
-        messages.success(request, _("The first sync has started."))
+        if onboarding.first_sync_start(organization=organization, mappings=mappings):
+            messages.success(request, _("The first sync has started."))
+        else:
+            messages.success(request, _("Sync is on: the next scheduled run makes the first sync."))
         return redirect("organization", organization.code)
     plans = onboarding.preview_plans(mappings=mappings)
     return render(
@@ -311,6 +317,7 @@ def organization_overview(request: HttpRequest, code) -> HttpResponse:
         "notifications_live": live,
         "notifications_total": total,
         "chart": dashboard.activity_chart(organization),
+        "budget_chart": dashboard.budget_chart(organization),
         "legend": dashboard.chart_legend(),
         "runs": organization.runs.select_related("mapping").order_by("-started_at")[:10],
     }

@@ -81,6 +81,7 @@ def test_a_viewer_reads_the_pages_but_not_the_admin_only_ones(client, objects, v
     from syncapp import onboarding
 
     monkeypatch.setattr(onboarding, "mapping_rows", lambda *, organization: ([], []))
+    monkeypatch.setattr(onboarding, "onboarding_step", lambda organization: "mapping")  # as if both connected
     client.force_login(viewer_user)
     for name, path in portal_urls(objects):
         if name in POST_ONLY:
@@ -107,6 +108,7 @@ def test_pages_carry_a_content_security_policy_without_inline_script(client, org
     policy = response["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert "frame-ancestors 'none'" in policy
+    assert "form-action 'self' https://login.chinacloudapi.cn https://login.microsoftonline.com" in policy
     assert response["Referrer-Policy"] == "same-origin"
     assert response["X-Frame-Options"] == "DENY"
     body = response.content.decode()

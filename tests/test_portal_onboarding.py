@@ -299,3 +299,107 @@ def test_the_raynet_region_list_offers_the_sandbox_only_when_it_is_enabled(clien
     assert PORTAL_RAYNET_URL in page_text(client.get(f"/org/{org.code}/setup/raynet/"))
     settings.SANDBOX_ENABLED = False
     assert "/sandbox/" not in page_text(client.get(f"/org/{org.code}/setup/raynet/"))
+
+
+def test_one_mailbox_cannot_be_chosen_for_two_raynet_users(connected_org, client, portal_raynet):
+    alice, bob = raynet_person(portal_raynet, "alice@acme.test"), raynet_person(portal_raynet, "bob@acme.test")
+
+    response = client.post(
+        f"/org/{connected_org.code}/setup/users/",
+        row_data({alice: {"mailbox": "alice@acme.test"}, bob: {"mailbox": "ALICE@acme.test"}}),
+    )
+
+    assert "already chosen for another Raynet user" in page_text(response)
+    assert not UserMapping.objects.filter(organization=connected_org).exists()
+
+
+def test_two_users_can_swap_mailboxes_in_one_save(connected_org, client, portal_raynet):
+    alice, bob = raynet_person(portal_raynet, "alice@acme.test"), raynet_person(portal_raynet, "bob@acme.test")
+    url = f"/org/{connected_org.code}/setup/users/"
+    client.post(url, row_data({alice: {"mailbox": "alice@acme.test"}, bob: {"mailbox": "bob@acme.test"}}))
+
+    client.post(url, row_data({alice: {"mailbox": "bob@acme.test"}, bob: {"mailbox": "alice@acme.test"}}))
+
+    upn = dict(UserMapping.objects.filter(organization=connected_org).values_list("raynet_person_id", "outlook_upn"))
+    assert upn == {alice: "bob@acme.test", bob: "alice@acme.test"}
+
+
+class FakePlan:
+    """The engine's MappingPlan as the team contract describes it (counts() and invitations)."""
+
+    def __init__(self, invitations):
+        self.invitations = invitations
+
+    def counts(self) -> dict:
+        return {"to_outlook": {"create": 3}, "to_raynet": {"create": 2, "update": 1}}
+
+
+def test_the_preview_shows_counts_and_invitations_with_external_addresses_highlighted(
+    connected_org, client, monkeypatch
+):
+    import types
+    from datetime import UTC, datetime
+
+    mapping = UserMapping.objects.create(
+        organization=connected_org,
+        raynet_user_id=1,
+        raynet_person_id=1,
+        raynet_email="alice@acme.test",
+        outlook_user_id="x",
+        outlook_upn="alice@acme.test",
+        enabled=True,
+    )
+    seen = []
+    invitations = [("Kick-off <b>", datetime(2026, 12, 3, 9, tzinfo=UTC), ["bob@acme.test", "jan@customer.test"])]
+    fake = types.SimpleNamespace(mapping_dry_run=lambda *, mapping: seen.append(mapping) or FakePlan(invitations))
+    monkeypatch.setitem(__import__("sys").modules, "syncapp.sync.service", fake)
+
+    page = page_text(client.get(f"/org/{connected_org.code}/setup/preview/"))
+
+    assert seen == [mapping]
+    assert "<td>3</td>" in page and "<td>2</td>" in page
+    assert "Kick-off &lt;b&gt;" in client.get(f"/org/{connected_org.code}/setup/preview/").content.decode()
+    assert '<span class="">bob@acme.test</span>' in page
+    assert '<span class="external">jan@customer.test (external)</span>' in page
+
+
+def test_sync_now_asks_the_background_worker_for_that_mailbox(client, org, admin_user, monkeypatch):
+    import sys
+    import types
+
+    requested = []
+    jobs = types.SimpleNamespace(mapping_sync_request=lambda *, mapping, trigger: requested.append((mapping, trigger)))
+    monkeypatch.setitem(sys.modules, "syncapp.jobs", jobs)
+    mapping = UserMapping.objects.create(
+        organization=org,
+        raynet_user_id=1,
+        raynet_person_id=1,
+        raynet_email="a@acme.test",
+        outlook_user_id="x",
+        outlook_upn="a@acme.test",
+        enabled=True,
+    )
+    client.force_login(admin_user)
+
+    client.post(f"/org/{org.code}/users/{mapping.code}/")
+
+    assert requested == [(mapping, "manual")]
+    assert "Sync of a@acme.test requested." in page_text(client.get(f"/org/{org.code}/"))
+
+
+def test_the_users_page_before_both_connections_says_what_is_missing(client, org, admin_user):
+    client.force_login(admin_user)
+
+    response = client.get(f"/org/{org.code}/setup/users/")
+
+    assert response.url == f"/org/{org.code}/"
+    assert "Connect Raynet and Microsoft 365 first." in page_text(client.get(response.url))
+
+
+def test_a_failing_api_on_the_users_page_is_reported_in_plain_words(connected_org, client, portal_raynet):
+    portal_raynet.inject_fault(500, times=10, path="userAccount")
+
+    response = client.get(f"/org/{connected_org.code}/setup/users/")
+
+    assert response.status_code == 302
+    assert "Raynet" in page_text(client.get(response.url))

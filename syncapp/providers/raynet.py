@@ -600,4 +600,4 @@ class RaynetClient:
                 return
             self._unsaved_responses = 0
             self._last_rate_limit_save = time.monotonic()
-        connection.save(update_fields=["rate_limit_limit", "rate_limit_remaining", "rate_limit_reset_at"])
+        connection.save_rate_limit()
