@@ -10,7 +10,13 @@ from syncapp.models import Membership, Organization, SyncPolicy
 from syncapp.providers.base import ProviderSession
 
 # Sandbox fixtures (raynet_sandbox, raynet_connection, outlook_sandbox, outlook_connection) live beside.
-pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures", "tests.sync_fixtures", "tests.portal_fixtures"]
+pytest_plugins = [
+    "tests.raynet_fixtures",
+    "tests.outlook_fixtures",
+    "tests.sync_fixtures",
+    "tests.portal_fixtures",
+    "tests.http_world",
+]
 
 
 @pytest.fixture(scope="session")
