@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test bench lint migrate worker stopdb clean
+.PHONY: run test bench lint migrate worker stopdb clean catalogues messages
 
 $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,13 @@ $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
 
-migrate: $(VENV)/.installed
+# Translations are compiled in the build (polib: no GNU gettext needed).
+catalogues: $(VENV)/.installed
+	$(PY) manage.py compile_catalogues
+
+migrate: catalogues
 	$(PY) manage.py migrate --no-input
+	$(PY) manage.py createcachetable
 
 run: migrate
 	@echo "Portal: http://127.0.0.1:$(PORT)/  (admin: http://127.0.0.1:$(PORT)/admin/)"
@@ -22,12 +27,16 @@ run: migrate
 worker: migrate
 	$(PY) manage.py qcluster
 
-test: $(VENV)/.installed
+test: catalogues
 	$(PY) -m pytest
 
 # Issue 12's performance figures (not part of `make test`; see tests/bench/__main__.py).
 bench: $(VENV)/.installed
 	$(PY) -m tests.bench $(BENCH_ARGS)
+
+# After changing a string in code or templates: refresh the catalogue, translate, `make test` checks it.
+messages: $(VENV)/.installed
+	$(PY) manage.py makemessages -l cs --no-obsolete --ignore=.venv --ignore=tests --ignore=static-collected
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -55,6 +55,10 @@ MICROSOFT_CLOUDS = {
 # mailbox deletes nothing and flags the mailbox for an admin.
 MASS_DELETE_MIN_COUNT = envint("MASS_DELETE_MIN_COUNT", 10)
 MASS_DELETE_MIN_PERCENT = envint("MASS_DELETE_MIN_PERCENT", 25)
+# A sync run stops between items after this many seconds (below the worker's timeout); the next run goes on.
+SYNC_RUN_DEADLINE = envint("SYNC_RUN_DEADLINE", 240)
+# Every page of the Raynet id listing that finds deletions is read at least this often (syncapp/sync/deletions.py).
+RAYNET_DELETION_CHECK_SECONDS = envint("RAYNET_DELETION_CHECK_SECONDS", 3600)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -65,13 +69,17 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "allauth",
     "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.microsoft",
     "django_q",
     "syncapp",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "syncapp.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -93,6 +101,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "syncapp.views.portal_context",
             ],
         },
     },
@@ -109,20 +118,65 @@ ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = envstr("ACCOUNT_EMAIL_VERIFICATION", "none" if DEBUG else "mandatory")
 LOGIN_REDIRECT_URL = "/"
+# allauth's limits (login and sign-up per IP, failed logins per account), kept in the shared cache
+# below so that every web process counts the same attempts.
+ACCOUNT_RATE_LIMITS = {"login": "30/m/ip", "login_failed": "10/m/ip,5/300s/key", "signup": "20/m/ip"}
+# "Sign in with Microsoft": listed only when the app's credentials are configured (work or school
+# accounts only: the `organizations` tenant). Social logins start with a POST (allauth's default).
+SOCIALACCOUNT_LOGIN_ON_GET = False
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_PROVIDERS = {
+    "microsoft": {
+        "APPS": [
+            {
+                "client_id": MICROSOFT_CLIENT_ID,
+                "secret": MICROSOFT_CLIENT_SECRET,
+                "settings": {"tenant": "organizations"},
+            }
+        ]
+        if MICROSOFT_CLIENT_ID and MICROSOFT_CLIENT_SECRET and envbool("MICROSOFT_SIGN_IN", "True")
+        else [],
+    }
+}
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "sync@localhost")
 
-LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The language follows the browser (Accept-Language) unless the user picked one with the switcher.
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("cs", "Čeština")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = envstr("TIME_ZONE", "Europe/Prague")
 USE_I18N = True
 USE_TZ = True
+USE_THOUSAND_SEPARATOR = True  # 24 000 in Czech, 24,000 in English (ids are printed with |unlocalize)
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "static-collected"
+
+# Shared by every process (allauth's rate limits): `manage.py createcachetable` makes the table.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "portal_cache"}}
 
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_TLS_PROXY", "False") else None
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "False" if DEBUG else "True")
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False" if DEBUG else "True")
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+LANGUAGE_COOKIE_SECURE = not DEBUG
+LANGUAGE_COOKIE_HTTPONLY = True
+LANGUAGE_COOKIE_SAMESITE = "Lax"
+# No inline script or style anywhere. The middleware adds form-action: 'self' and the Microsoft sign-in
+# hosts of MICROSOFT_CLOUDS (the consent form redirects there).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
 
 # Background work: django-q2 with the ORM broker on the same PostgreSQL database.
 Q_CLUSTER = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from syncapp.models import (
     EventLink,
@@ -15,7 +15,9 @@ from syncapp.models import (
     SyncRun,
     UserMapping,
 )
-from syncapp.secrets import MASK
+from syncapp.providers.outlook import OutlookClient
+from syncapp.providers.raynet import RaynetClient
+from syncapp.secrets import MASK, UNREADABLE
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -48,24 +50,63 @@ class SyncPolicyAdmin(ReadOnlyAdmin):
     list_filter = ["sync_enabled", "private_events_mode", "deletion_mode"]
 
 
+class ConnectionAdmin(ReadOnlyAdmin):
+    """Support's two actions on a connection, each recorded in the admin's history (LogEntry)."""
+
+    actions = ["test_now", "reenable"]
+    client_class: type[RaynetClient] | type[OutlookClient]
+
+    @admin.action(description="Test now (and record the outcome on the connection)")
+    def test_now(self, request, queryset) -> None:
+        for connection in queryset:
+            check = self.client_class(connection).test_connection()
+            connection.record_check(check)
+            outcome = "passed" if check.ok else "failed"
+            self.log_change(request, connection, f"Connection test {outcome}: {check.message}")
+            level = messages.SUCCESS if check.ok else messages.ERROR
+            self.message_user(request, f"{connection}: {check.message}", level)
+
+    @admin.action(description="Re-enable (syncing resumes; the cause must be fixed first)")
+    def reenable(self, request, queryset) -> None:
+        enabled = []
+        for connection in queryset:
+            if connection.reenable():
+                self.log_change(request, connection, "Re-enabled: syncing resumes.")
+                enabled.append(str(connection))
+        skipped = queryset.count() - len(enabled)
+        note = f" {skipped} connection(s) were not stopped and are unchanged." if skipped else ""
+        self.message_user(request, f"Re-enabled {len(enabled)} connection(s).{note}")
+
+
 @admin.register(RaynetConnection)
-class RaynetConnectionAdmin(ReadOnlyAdmin):
-    list_display = ["organization", "instance_name", "api_user_email", "status", "rate_limit_remaining"]
+class RaynetConnectionAdmin(ConnectionAdmin):
+    list_display = [
+        "organization",
+        "instance_name",
+        "api_user_email",
+        "api_key_masked",
+        "status",
+        "rate_limit_remaining",
+    ]
     list_filter = ["status", "api_base_url"]
     search_fields = ["instance_name", "api_user_email", "organization__name"]
     exclude = ["api_key"]
     readonly_fields = ["api_key_masked"]
+    client_class = RaynetClient
 
     @admin.display(description="API key")
     def api_key_masked(self, obj: RaynetConnection) -> str:
-        return MASK if obj.api_key else "(not set)"
+        if not obj.api_key:
+            return "(not set)"
+        return MASK if obj.api_key.readable else UNREADABLE
 
 
 @admin.register(MicrosoftConnection)
-class MicrosoftConnectionAdmin(ReadOnlyAdmin):
+class MicrosoftConnectionAdmin(ConnectionAdmin):
     list_display = ["organization", "tenant_id", "cloud", "consent", "status"]
     list_filter = ["status", "consent", "cloud"]
     search_fields = ["tenant_id", "organization__name"]
+    client_class = OutlookClient
 
 
 @admin.register(UserMapping)

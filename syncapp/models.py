@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
+from syncapp.providers.base import MAX_MESSAGE, scrub_secrets
 from syncapp.secrets import EncryptedSecretField
+
+if TYPE_CHECKING:
+    from syncapp.providers.base import ConnectionCheck
 
 RAYNET_REGIONS = [
     ("https://app.raynet.cz/api/v2/", "Raynet Czech Republic (app.raynet.cz)"),
@@ -32,10 +38,11 @@ class Organization(models.Model):
 
 class Membership(models.Model):
     class Role(models.TextChoices):
-        ADMIN = "admin", "Admin"
-        VIEWER = "viewer", "Viewer"
+        ADMIN = "admin", _("Admin")
+        VIEWER = "viewer", _("Viewer")
 
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="memberships")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)  # the member in portal URLs
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
     created = models.DateTimeField(default=timezone.now)
@@ -51,16 +58,45 @@ class Membership(models.Model):
         return self.role == self.Role.ADMIN
 
 
+class Invitation(models.Model):
+    """An admin's invitation of a colleague by e-mail; accepted by a signed-in user with that address."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="invitations")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Membership.Role.choices, default=Membership.Role.VIEWER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "email"], name="one_invitation_per_email")]
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.email} to {self.organization}"
+
+    def is_for(self, user) -> bool:
+        return bool(user.email) and user.email.casefold() == self.email.casefold()
+
+
 class ConnectionStatus(models.TextChoices):
-    NEW = "new", "Not tested yet"
-    OK = "ok", "Working"
-    ERROR = "error", "Failing (retrying)"
-    DISABLED = "disabled", "Stopped: needs the admin"
-    PAUSED = "paused", "Paused: daily API budget spent"
+    NEW = "new", _("Not tested yet")
+    OK = "ok", _("Working")
+    ERROR = "error", _("Failing (retrying)")
+    DISABLED = "disabled", _("Stopped: needs the admin")
+    PAUSED = "paused", _("Paused: daily API budget spent")
+
+
+# A success is written at most this often while nothing changes: callers may report one per run.
+SUCCESS_RECORD_INTERVAL = timedelta(minutes=1)
 
 
 class ConnectionOutcome(models.Model):
-    """Outcome stored on the row: status, the last error in plain words, the last success."""
+    """Outcome stored on the row: status, the last error in plain words, the last success.
+
+    Only the admin ends a stop: a success or a passing failure seen by a sync (perhaps one that was
+    already under way) never turns a DISABLED connection back on; `reenable()` and a passing
+    `record_check()` (the admin's "test now") do.
+    """
 
     status = models.CharField(max_length=10, choices=ConnectionStatus.choices, default=ConnectionStatus.NEW)
     last_error = models.TextField(blank=True)
@@ -71,16 +107,53 @@ class ConnectionOutcome(models.Model):
         abstract = True
 
     def record_success(self) -> None:
-        self.status = ConnectionStatus.OK
-        self.last_error = ""
-        self.last_success_at = timezone.now()
-        self.save(update_fields=["status", "last_error", "last_success_at"])
+        """Working, with the time; cheap to call after every successful run (one write a minute at most)."""
+        now = timezone.now()
+        if (
+            self.status == ConnectionStatus.OK
+            and not self.last_error
+            and self.last_success_at is not None
+            and now - self.last_success_at < SUCCESS_RECORD_INTERVAL
+        ):
+            return
+        self._update_unless_stopped(status=ConnectionStatus.OK, last_error="", last_success_at=now)
 
     def record_failure(self, message: str, *, permanent: bool) -> None:
-        self.status = ConnectionStatus.DISABLED if permanent else ConnectionStatus.ERROR
-        self.last_error = message
-        self.last_error_at = timezone.now()
-        self.save(update_fields=["status", "last_error", "last_error_at"])
+        """A permanent failure stops the connection until the admin acts; a passing one leaves a stop as it is."""
+        # Provider errors come scrubbed already; this keeps any other text from storing a credential.
+        fields = {"last_error": scrub_secrets(message, limit=MAX_MESSAGE), "last_error_at": timezone.now()}
+        if permanent:
+            self._update(status=ConnectionStatus.DISABLED, **fields)
+        else:
+            self._update_unless_stopped(status=ConnectionStatus.ERROR, **fields)
+
+    def record_check(self, check: ConnectionCheck) -> None:
+        """The outcome of the admin's connection test (a providers.base.ConnectionCheck)."""
+        if check.ok:
+            self._update(status=ConnectionStatus.OK, last_error="", last_success_at=timezone.now())
+        else:
+            self.record_failure(check.message, permanent=check.permanent)
+
+    def reenable(self) -> bool:
+        """Back from DISABLED (the admin fixed the cause), so syncing resumes; False if it was not stopped."""
+        if self.status != ConnectionStatus.DISABLED:
+            return False
+        self._update(status=ConnectionStatus.NEW)
+        return True
+
+    def _update(self, **fields) -> None:
+        type(self).objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def _update_unless_stopped(self, **fields) -> None:
+        """Written only while the row in the database is not DISABLED (another process may have stopped it)."""
+        updated = type(self).objects.filter(pk=self.pk).exclude(status=ConnectionStatus.DISABLED).update(**fields)
+        if updated:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        else:
+            self.status = ConnectionStatus.DISABLED
 
 
 class RaynetConnection(ConnectionOutcome):
@@ -96,6 +169,8 @@ class RaynetConnection(ConnectionOutcome):
     rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
     paused_until = models.DateTimeField(null=True, blank=True)
+    # Where the rotating id listing that finds Raynet deletions goes on, per type (syncapp/sync/deletions.py).
+    deletion_scan = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return f"Raynet {self.instance_name}"
@@ -103,17 +178,57 @@ class RaynetConnection(ConnectionOutcome):
     def is_paused(self) -> bool:
         return self.paused_until is not None and self.paused_until > timezone.now()
 
+    def save_rate_limit(self) -> None:
+        """Store the last X-Ratelimit-* numbers, and today's spend for the dashboard's 14-day chart."""
+        self.save(update_fields=["rate_limit_limit", "rate_limit_remaining", "rate_limit_reset_at"])
+        if self.budget_used is not None:
+            # The budget resets at midnight UTC (X-Ratelimit-Reset): the day it belongs to ends at the reset.
+            ends = self.rate_limit_reset_at or timezone.now() + timedelta(days=1)
+            day = (ends.astimezone(UTC) - timedelta(seconds=1)).date()
+            RaynetBudgetDay.objects.update_or_create(
+                organization_id=self.organization_id, day=day, defaults={"used": self.budget_used}
+            )
+
+    @property
+    def budget_used(self) -> int | None:
+        """Requests spent of today's budget, as the last X-Ratelimit-* headers said; None before any call."""
+        if self.rate_limit_limit is None or self.rate_limit_remaining is None:
+            return None
+        return max(0, self.rate_limit_limit - self.rate_limit_remaining)
+
+    def reenable(self) -> bool:
+        """As for every connection; a pause whose budget reset has passed is cleared too (never an earlier one)."""
+        changed = super().reenable()
+        if self.paused_until is not None and not self.is_paused():
+            self._update(paused_until=None)
+            changed = True
+        return changed
+
+
+class RaynetBudgetDay(models.Model):
+    """Raynet API requests an organization spent on one day (UTC), as the rate-limit headers said."""
+
+    organization = models.ForeignKey(Organization, models.CASCADE, related_name="raynet_budget_days")
+    day = models.DateField()
+    used = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "day"], name="one_budget_row_per_day")]
+
+    def __str__(self) -> str:
+        return f"{self.organization} used {self.used} Raynet requests on {self.day}"
+
 
 class MicrosoftConnection(ConnectionOutcome):
     class Cloud(models.TextChoices):
-        GLOBAL = "global", "Microsoft 365 (global)"
-        USGOV = "usgov", "Microsoft 365 US Government"
-        CHINA = "china", "Microsoft 365 operated by 21Vianet"
+        GLOBAL = "global", _("Microsoft 365 (global)")
+        USGOV = "usgov", _("Microsoft 365 US Government")
+        CHINA = "china", _("Microsoft 365 operated by 21Vianet")
 
     class Consent(models.TextChoices):
-        NONE = "none", "Not granted yet"
-        GRANTED = "granted", "Granted"
-        REVOKED = "revoked", "Revoked or expired"
+        NONE = "none", _("Not granted yet")
+        GRANTED = "granted", _("Granted")
+        REVOKED = "revoked", _("Revoked or expired")
 
     organization = models.OneToOneField(Organization, models.CASCADE, related_name="microsoft")
     tenant_id = models.CharField(max_length=64, help_text="Microsoft Entra tenant id (a GUID).")
@@ -133,21 +248,21 @@ class MicrosoftConnection(ConnectionOutcome):
 
 
 class PrivateEventsMode(models.TextChoices):
-    STANDARD = "standard", "Sync like any other event"
-    TIME_BLOCKER = "time_blocker", "Sync only the time, titled “Time blocker”"
-    SKIP = "skip", "Do not sync"
+    STANDARD = "standard", _("Sync like any other event")
+    TIME_BLOCKER = "time_blocker", _("Sync only the time, titled “Time blocker”")
+    SKIP = "skip", _("Do not sync")
 
 
 class DeletionMode(models.TextChoices):
-    CANCEL = "cancel", "Mark the Raynet activity CANCELLED"
-    DELETE = "delete", "Delete the Raynet activity"
-    IGNORE = "ignore", "Leave the Raynet activity as it is"
+    CANCEL = "cancel", _("Mark the Raynet activity CANCELLED")
+    DELETE = "delete", _("Delete the Raynet activity")
+    IGNORE = "ignore", _("Leave the Raynet activity as it is")
 
 
 class ConflictWinner(models.TextChoices):
-    LATEST = "latest", "The latest change wins"
-    RAYNET = "raynet", "Raynet always wins"
-    OUTLOOK = "outlook", "Outlook always wins"
+    LATEST = "latest", _("The latest change wins")
+    RAYNET = "raynet", _("Raynet always wins")
+    OUTLOOK = "outlook", _("Outlook always wins")
 
 
 @dataclass(frozen=True)
@@ -176,6 +291,8 @@ class SyncPolicy(models.Model):
     conflict_winner = models.CharField(max_length=10, choices=ConflictWinner.choices, default=ConflictWinner.LATEST)
     window_days_back = models.PositiveIntegerField(default=30)
     window_days_ahead = models.PositiveIntegerField(default=365)
+    # When an admin saved the policies in the portal (the onboarding wizard's policy step is done).
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "sync policies"
@@ -186,12 +303,13 @@ class SyncPolicy(models.Model):
 
 class UserMapping(models.Model):
     class Health(models.TextChoices):
-        OK = "ok", "OK"
-        WARNING = "warning", "Warning"
-        ERROR = "error", "Error"
-        FLAGGED = "flagged", "Flagged: waiting for an admin"
+        OK = "ok", _("OK")
+        WARNING = "warning", _("Warning")
+        ERROR = "error", _("Error")
+        FLAGGED = "flagged", _("Flagged: waiting for an admin")
 
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="mappings")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)  # the mapping in portal URLs
     raynet_user_id = models.PositiveIntegerField(help_text="Raynet userAccount id.")
     raynet_person_id = models.PositiveIntegerField(help_text="Raynet person id: the owner of the user's activities.")
     raynet_email = models.EmailField()
@@ -214,6 +332,8 @@ class UserMapping(models.Model):
     graph_delta_window_start = models.DateField(null=True, blank=True)
     # Raynet changes (rowInfo.lastModifiedAt) up to this instant have been synced; empty = read the whole window.
     raynet_cursor = models.DateTimeField(null=True, blank=True)
+    # Set when Raynet or Graph asked us to wait longer than a run had left (Retry-After): no run before it.
+    not_before = models.DateTimeField(null=True, blank=True)
     subscription_id = models.CharField(max_length=64, blank=True)
     subscription_expires_at = models.DateTimeField(null=True, blank=True)
 
@@ -240,6 +360,20 @@ class UserMapping(models.Model):
         self.health = health
         self.health_reason = reason
         self.save(update_fields=["health", "health_reason"])
+
+    def approve_held_deletions(self) -> None:
+        """An admin confirmed the deletions the mass-delete guard held back: the next run carries them out."""
+        self.mass_delete_approved = True
+        self.save(update_fields=["mass_delete_approved"])
+
+    def reset_cursors(self) -> None:
+        """An admin chose "reset": the next run reads both sides' whole window again instead of deleting."""
+        self.graph_delta_link = ""
+        self.graph_delta_window_start = None
+        self.raynet_cursor = None
+        self.mass_delete_approved = False
+        self.health, self.health_reason = self.Health.OK, ""
+        self.save()
 
 
 class EventLink(models.Model):
@@ -280,6 +414,10 @@ class EventLink(models.Model):
     ends_at = models.DateTimeField(null=True, blank=True)
     origin = models.CharField(max_length=10, choices=Origin.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    # The write in flight, stored before it is sent (syncapp/sync/apply.py): {"op", "at", hashes expected
+    # after it}. The next run tells our own write from a user's change by it, and finds a create whose
+    # reply was lost. Empty once the write's outcome is recorded.
+    intent = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
 
@@ -305,20 +443,50 @@ class EventLink(models.Model):
     def __str__(self) -> str:
         return f"{self.raynet_type} {self.raynet_id} ⇄ {self.outlook_event_id or '(not created)'}"
 
+    def record_intent(self, op: str, **expected) -> None:
+        """Store the write about to be sent, before it is sent: a crash after it leaves this trace."""
+        self.intent = {"op": op, "at": timezone.now().isoformat(), **expected}
+        self.save()
+
+    def record_outcome(self) -> None:
+        """The write's result is on the row (ids, hashes): nothing is in flight any more."""
+        self.intent = {}
+        self.save()
+
+    def mark_deleted(self) -> None:
+        self.state = self.State.DELETED
+        self.record_outcome()
+
+    def freeze(self) -> None:
+        self.state = self.State.FROZEN
+        self.record_outcome()
+
+    def forget_outlook_side(self) -> None:
+        """The Outlook event is gone for good; the link waits for the one made again (a restore)."""
+        self.outlook_event_id, self.outlook_attendees, self.outlook_hash = None, [], ""
+        # It comes back as a single event: still counted in its old series, it would look deleted there.
+        self.series_master_id = ""
+        self.save()
+
+    def forget_raynet_side(self) -> None:
+        """The Raynet record is gone for good; the link waits for the one made again (a restore)."""
+        self.raynet_id, self.raynet_type, self.raynet_hash = None, self.RaynetType.EVENT, ""
+        self.save()
+
 
 class SyncRun(models.Model):
     class Trigger(models.TextChoices):
-        SCHEDULE = "schedule", "Schedule"
-        WEBHOOK = "webhook", "Webhook"
-        MANUAL = "manual", "Manual (portal)"
-        CLI = "cli", "Command line"
+        SCHEDULE = "schedule", _("Schedule")
+        WEBHOOK = "webhook", _("Webhook")
+        MANUAL = "manual", _("Manual (portal)")
+        CLI = "cli", _("Command line")
 
     class Status(models.TextChoices):
-        RUNNING = "running", "Running"
-        OK = "ok", "OK"
-        PARTIAL = "partial", "Finished with errors"
-        FAILED = "failed", "Failed"
-        SKIPPED = "skipped", "Skipped"
+        RUNNING = "running", _("Running")
+        OK = "ok", _("OK")
+        PARTIAL = "partial", _("Finished with errors")
+        FAILED = "failed", _("Failed")
+        SKIPPED = "skipped", _("Skipped")
 
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="runs")
     mapping = models.ForeignKey(UserMapping, models.CASCADE, null=True, blank=True, related_name="runs")
@@ -351,7 +519,9 @@ class SyncLogEntry(models.Model):
     outlook_event_id = models.CharField(max_length=255, blank=True)
     direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.NONE)
     action = models.CharField(max_length=20)
-    reason = models.TextField()
+    reason = models.TextField()  # the English words, for search; reason_text gives the reader's language
+    reason_code = models.CharField(max_length=40, blank=True)  # syncapp.sync.reasons.Reason
+    reason_params = models.JSONField(default=dict, blank=True)
     details = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
@@ -365,6 +535,13 @@ class SyncLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action}: {self.reason}"
+
+    @property
+    def reason_text(self) -> str:
+        """The reason in the active language (entries written before reason codes keep their words)."""
+        from syncapp.sync.reasons import render_reason
+
+        return render_reason(self.reason_code, self.reason_params) if self.reason_code else self.reason
 
 
 class SandboxState(models.Model):

@@ -1,4 +1,9 @@
-"""Secrets at rest: Fernet encryption with rotating keys, and a value that never prints itself."""
+"""Secrets at rest: Fernet encryption with rotating keys, and a value that never prints itself.
+
+Rows are decrypted lazily, when the secret is used (`reveal()`): a row encrypted under a key that is no
+longer configured still loads, lists and renders in the admin, says "cannot be decrypted" there, and
+fails only the call that needs the clear value, in plain words.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,64 @@ from django.db import models
 from django.db.models.query_utils import DeferredAttribute
 
 MASK = "••••••••"
+UNREADABLE = "cannot be decrypted: enter the key again"
+
+
+class UndecryptableSecret(ValueError):
+    """No key in SECRET_ENCRYPTION_KEYS decrypts a stored secret."""
 
 
 class Secret:
-    """A clear-text secret that shows as a mask in reprs, templates, logs and tracebacks."""
+    """A clear-text secret that shows as a mask in reprs, templates, logs and tracebacks.
 
-    __slots__ = ("_value",)
+    Built from a stored token (`Secret.stored`), it decrypts on first `reveal()`.
+    """
+
+    __slots__ = ("_token", "_value")
 
     def __init__(self, value: str) -> None:
-        self._value = value
+        self._value: str | None = value
+        self._token = ""
+
+    @classmethod
+    def stored(cls, token: str) -> Secret:
+        secret = cls("")
+        secret._value = None
+        secret._token = token
+        return secret
 
     def reveal(self) -> str:
+        if self._value is None:
+            self._value = decrypt(self._token)
         return self._value
 
+    @property
+    def readable(self) -> bool:
+        try:
+            self.reveal()
+        except UndecryptableSecret:
+            return False
+        return True
+
+    @property
+    def token(self) -> str:
+        """The stored token while the clear value is unknown (kept as it is on save), else ""."""
+        return self._token if self._value is None else ""
+
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return bool(self._token) if self._value is None else bool(self._value)
+
+    def _identity(self) -> tuple[str, str]:
+        return ("clear", self._value) if self.readable else ("token", self._token)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and other._identity() == self._identity()
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash(self._identity())
 
     def __str__(self) -> str:
-        return MASK if self._value else ""
+        return MASK if self else ""
 
     def __repr__(self) -> str:
         return f"Secret({MASK!r})"
@@ -49,7 +88,7 @@ def decrypt(token: str) -> str:
     try:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken:
-        raise ValueError(
+        raise UndecryptableSecret(
             "A stored secret cannot be decrypted with any key in SECRET_ENCRYPTION_KEYS "
             "(was a key removed before `manage.py rotate_secrets` ran?)"
         ) from None
@@ -70,7 +109,7 @@ class EncryptedSecretField(models.TextField):
     def from_db_value(self, value, expression, connection):
         if value is None:
             return None
-        return Secret(decrypt(value) if value else "")
+        return Secret.stored(value) if value else Secret("")
 
     def to_python(self, value):
         if value is None or isinstance(value, Secret):
@@ -80,6 +119,8 @@ class EncryptedSecretField(models.TextField):
     def get_prep_value(self, value):
         if value is None:
             return None
+        if isinstance(value, Secret) and value.token and not value.readable:
+            return value.token  # unreadable now, perhaps readable with a key put back: never lose it
         clear = value.reveal() if isinstance(value, Secret) else str(value)
         return encrypt(clear) if clear else ""
 

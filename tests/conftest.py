@@ -10,7 +10,13 @@ from syncapp.models import Membership, Organization, SyncPolicy
 from syncapp.providers.base import ProviderSession
 
 # Sandbox fixtures (raynet_sandbox, raynet_connection, outlook_sandbox, outlook_connection) live beside.
-pytest_plugins = ["tests.raynet_fixtures", "tests.outlook_fixtures", "tests.sync_fixtures"]
+pytest_plugins = [
+    "tests.raynet_fixtures",
+    "tests.outlook_fixtures",
+    "tests.sync_fixtures",
+    "tests.portal_fixtures",
+    "tests.http_world",
+]
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +25,14 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
     from django.conf import settings
 
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_catalogues() -> None:
+    """The Czech pages need the compiled catalogue, as `make` builds it (a run of plain pytest too)."""
+    from syncapp.management.commands.compile_catalogues import compile_catalogues
+
+    compile_catalogues()
 
 
 @pytest.fixture

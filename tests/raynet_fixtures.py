@@ -4,6 +4,7 @@
   instance "acme", API user RAYNET_API_USER (key RAYNET_API_KEY) already exists. Act in Raynet's UI
   with `raynet_sandbox.add_user(...)`, `ui_create_activity(...)`, ...; move time with `set_now()`.
 - `raynet_connection`: the `org` fixture's RaynetConnection pointed at it.
+- `jana`: the person id of a second Raynet user, who owns activities.
 - Retries never sleep: `raynet_connection` uses `retry_waits` (tests/conftest.py), which records each wait
   of every session built in the test, the sync engine's too.
 """
@@ -45,3 +46,9 @@ def raynet_connection(org, raynet_sandbox, retry_waits) -> RaynetConnection:
         api_user_email=RAYNET_API_USER,
         api_key=RAYNET_API_KEY,
     )
+
+
+@pytest.fixture
+def jana(raynet_sandbox) -> int:
+    """Jana's person id: she is a Raynet user and owns activities."""
+    return raynet_sandbox.add_user("jana@acme.test", "Jana Nováková")[1]

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from allauth.account.models import EmailAddress
+from cryptography.fernet import Fernet
 from django.contrib import admin
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Schedule, Task
 from django_q.tasks import async_task
 
-from syncapp.models import EventLink, MicrosoftConnection, Organization, SyncLogEntry, SyncRun
+from syncapp.models import (
+    ConnectionStatus,
+    EventLink,
+    MicrosoftConnection,
+    Organization,
+    RaynetConnection,
+    SyncLogEntry,
+    SyncRun,
+)
 from tests.conftest import make_user
 from tests.test_foundation import API_KEY, make_link, make_mapping, make_raynet_connection
 
@@ -142,3 +154,86 @@ def test_support_cannot_edit_sync_records_in_the_admin(staff_client, rows):
 
     link.refresh_from_db()
     assert link.raynet_id == 7
+
+
+# --- a secret no configured key decrypts -----------------------------------------------------------------
+
+
+@pytest.fixture
+def undecryptable(rows, settings):
+    """The Raynet row was encrypted under a key that is no longer configured."""
+    settings.SECRET_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    return rows["raynet"]
+
+
+def test_the_connection_pages_render_when_a_key_cannot_be_decrypted(staff_client, undecryptable):
+    listing = get_page(staff_client, admin_url(RaynetConnection, "changelist"))
+    page = get_page(staff_client, admin_url(RaynetConnection, "change", undecryptable.pk))
+
+    assert "cannot be decrypted: enter the key again" in listing
+    assert "cannot be decrypted: enter the key again" in page
+    for model in REGISTERED_MODELS:
+        get_page(staff_client, admin_url(model, "changelist"))
+
+
+# --- support actions on connections ------------------------------------------------------------------------
+
+
+def run_action(client, model, action: str, obj) -> str:
+    response = client.post(
+        admin_url(model, "changelist"), {"action": action, "_selected_action": [obj.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def history(obj) -> list[str]:
+    return [entry.get_change_message() for entry in LogEntry.objects.filter(object_id=str(obj.pk))]
+
+
+def test_test_now_records_a_working_raynet_connection_and_who_tested_it(staff_client, raynet_connection):
+    raynet_connection.record_failure("Raynet refused the login", permanent=True)
+
+    page = run_action(staff_client, RaynetConnection, "test_now", raynet_connection)
+
+    raynet_connection.refresh_from_db()
+    assert raynet_connection.status == ConnectionStatus.OK and raynet_connection.last_success_at
+    assert "Connected to Raynet instance" in page
+    [entry] = LogEntry.objects.filter(object_id=str(raynet_connection.pk))
+    assert entry.user.email == "support@raysync.test"
+    assert entry.get_change_message().startswith("Connection test passed: Connected to Raynet instance")
+
+
+def test_test_now_records_a_failing_microsoft_connection(staff_client, outlook_connection, outlook_sandbox):
+    outlook_sandbox.revoke_consent(outlook_connection.tenant_id)
+
+    page = run_action(staff_client, MicrosoftConnection, "test_now", outlook_connection)
+
+    outlook_connection.refresh_from_db()
+    assert outlook_connection.status == ConnectionStatus.DISABLED
+    assert "admin consent" in outlook_connection.last_error and "admin consent" in page
+    assert history(outlook_connection)[0].startswith("Connection test failed:")
+
+
+def test_reenable_resumes_a_stopped_connection_and_is_recorded(staff_client, outlook_connection):
+    outlook_connection.record_failure("Microsoft refused the token", permanent=True)
+
+    run_action(staff_client, MicrosoftConnection, "reenable", outlook_connection)
+
+    outlook_connection.refresh_from_db()
+    assert outlook_connection.status == ConnectionStatus.NEW
+    assert history(outlook_connection) == ["Re-enabled: syncing resumes."]
+
+
+def test_reenable_clears_a_raynet_pause_only_once_the_budget_has_reset(staff_client, raynet_connection):
+    raynet_connection.record_failure("Raynet refused the login", permanent=True)
+    RaynetConnection.objects.filter(pk=raynet_connection.pk).update(paused_until=timezone.now() + timedelta(hours=3))
+
+    run_action(staff_client, RaynetConnection, "reenable", raynet_connection)
+    raynet_connection.refresh_from_db()
+    assert raynet_connection.status == ConnectionStatus.NEW and raynet_connection.is_paused()
+
+    RaynetConnection.objects.filter(pk=raynet_connection.pk).update(paused_until=timezone.now() - timedelta(minutes=1))
+    run_action(staff_client, RaynetConnection, "reenable", raynet_connection)
+    raynet_connection.refresh_from_db()
+    assert raynet_connection.paused_until is None

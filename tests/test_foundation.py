@@ -21,7 +21,7 @@ from syncapp.models import (
     RaynetConnection,
     UserMapping,
 )
-from syncapp.secrets import MASK, Secret
+from syncapp.secrets import MASK, Secret, UndecryptableSecret
 
 API_KEY = "clear-raynet-api-key-4f1c"
 
@@ -136,14 +136,34 @@ def test_rotating_keys_reencrypts_every_secret_with_the_newest_key(org, settings
     assert RaynetConnection.objects.get(pk=created.pk).api_key.reveal() == API_KEY
 
 
-def test_a_secret_that_no_key_decrypts_fails_with_a_message_that_says_why(org, settings):
+def test_a_secret_that_no_key_decrypts_still_loads_and_fails_only_when_used_saying_why(org, settings):
     created = make_raynet_connection(org)
     settings.SECRET_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
 
-    with pytest.raises(ValueError, match="rotate_secrets") as failure:
-        RaynetConnection.objects.get(pk=created.pk)
+    loaded = RaynetConnection.objects.get(pk=created.pk)
+    with pytest.raises(UndecryptableSecret, match="rotate_secrets") as failure:
+        loaded.api_key.reveal()
 
     assert API_KEY not in str(failure.value)
+    assert loaded.api_key and not loaded.api_key.readable and str(loaded.api_key) == MASK
+
+
+def test_saving_a_row_whose_secret_cannot_be_decrypted_keeps_the_stored_secret(org, settings):
+    created = make_raynet_connection(org)
+    stored = raw_api_key(created.pk)
+    old_keys = settings.SECRET_ENCRYPTION_KEYS
+    settings.SECRET_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+
+    loaded = RaynetConnection.objects.get(pk=created.pk)
+    loaded.instance_name = "acme2"
+    loaded.save()
+    errors = StringIO()
+    call_command("rotate_secrets", stdout=StringIO(), stderr=errors)
+
+    assert raw_api_key(created.pk) == stored
+    assert "1 secret(s) cannot be decrypted" in errors.getvalue()
+    settings.SECRET_ENCRYPTION_KEYS = old_keys  # the old key put back: nothing was lost
+    assert RaynetConnection.objects.get(pk=created.pk).api_key.reveal() == API_KEY
 
 
 # Secrets never show
@@ -328,6 +348,28 @@ def test_a_success_clears_the_last_error(org):
     assert raynet.last_error == ""
     assert raynet.last_success_at is not None
     assert raynet.api_key.reveal() == API_KEY
+
+
+def test_repeated_successes_write_the_row_once_a_minute_at_most(org, django_assert_num_queries):
+    raynet = make_raynet_connection(org)
+    raynet.record_success()
+
+    with django_assert_num_queries(0):
+        raynet.record_success()
+
+
+def test_a_stopped_connection_stays_stopped_whatever_a_sync_under_way_reports(org):
+    raynet = make_raynet_connection(org)
+    seen_by_a_running_sync = RaynetConnection.objects.get(pk=raynet.pk)
+    raynet.record_failure("Raynet refused the login", permanent=True)
+
+    seen_by_a_running_sync.record_success()
+    seen_by_a_running_sync.record_failure("Raynet answered 503", permanent=False)
+
+    raynet.refresh_from_db()
+    assert raynet.status == ConnectionStatus.DISABLED
+    assert raynet.last_error == "Raynet refused the login"
+    assert seen_by_a_running_sync.status == ConnectionStatus.DISABLED
 
 
 def test_a_mapping_records_its_health_and_the_reason(org):

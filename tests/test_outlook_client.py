@@ -20,12 +20,14 @@ from syncapp.providers.outlook import (
     graph_datetime,
     link_uid_of,
     text_body,
+    token_error,
 )
-from tests.outlook_fixtures import OUTLOOK_TENANT_ID
+from tests.outlook_fixtures import GRAPH_HOST, OUTLOOK_TENANT_ID
 
 pytestmark = pytest.mark.django_db
 
 WINDOW = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
+GRAPH = f"{GRAPH_HOST}/v1.0"
 
 
 def at(day: int, hour: int = 9) -> datetime:
@@ -115,6 +117,53 @@ def test_an_unknown_tenant_is_an_auth_error_naming_the_tenant(client):
 
     assert caught.value.kind == ErrorKind.AUTH
     assert "99999999-9999-9999-9999-999999999999" in caught.value.message
+
+
+def test_an_http_authority_is_reported_as_such_not_as_an_unknown_tenant(client, settings):
+    settings.MICROSOFT_CLOUDS = {**settings.MICROSOFT_CLOUDS, "global": {"graph": GRAPH, "authority": "http://login.x"}}
+
+    with pytest.raises(ProviderError) as caught:
+        client.list_users()
+
+    assert caught.value.kind == ErrorKind.AUTH and caught.value.side == "outlook"
+    assert caught.value.message.startswith(
+        f"The sign-in authority must be an https address with the tenant in its path: http://login.x/{OUTLOOK_TENANT_ID}."
+    )
+    assert "does not know the tenant" not in caught.value.message
+
+
+def test_a_malformed_tenant_id_is_reported_as_malformed(client):
+    client.connection.tenant_id = "acme"
+
+    with pytest.raises(ProviderError) as caught:
+        client.list_users()
+
+    assert caught.value.message.startswith("“acme” is not a valid tenant id: enter the tenant's GUID")
+
+
+def test_an_authority_without_an_openid_configuration_says_so(client, outlook_sandbox):
+    outlook_sandbox.inject_fault(200, body="<html>portal</html>", path=r"openid-configuration$")
+
+    with pytest.raises(ProviderError) as caught:
+        client.list_users()
+
+    assert "did not answer with a valid OpenID configuration" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("result", "words"),
+    [
+        ({"error": "unauthorized_client", "error_codes": [7000112]}, "app is disabled in tenant"),
+        ({"error": "invalid_request", "error_codes": [53003]}, "Conditional Access policy"),
+        ({"error": "invalid_tenant", "error_codes": [900023]}, "is not a valid tenant id"),
+        ({"error": "invalid_resource", "error_codes": [500011]}, "check the connection's cloud"),
+        ({"error": "unauthorized_client", "error_codes": [700016]}, "no admin consent"),
+    ],
+)
+def test_each_token_refusal_names_what_to_fix(result, words):
+    error = token_error(result, OUTLOOK_TENANT_ID)
+
+    assert words in error.message and error.kind == ErrorKind.AUTH and error.side == "outlook"
 
 
 # --- users ------------------------------------------------------------------------------------------
@@ -409,16 +458,6 @@ def test_a_mailbox_outside_the_application_access_policy_is_a_permission_error(c
     assert caught.value.kind == ErrorKind.PERMISSION
     assert caught.value.code == "ErrorAccessDenied"
     assert "application access policy" in caught.value.message and alice in caught.value.message
-
-
-def test_a_rejected_token_is_an_auth_error(client, alice, outlook_sandbox):
-    client.list_users()
-    outlook_sandbox.state["access_tokens"].clear()
-
-    with pytest.raises(ProviderError) as caught:
-        client.get_event(alice, "AAkALgAAAA=")
-
-    assert caught.value.kind == ErrorKind.AUTH
 
 
 def run_in_threads(count: int, work) -> list:

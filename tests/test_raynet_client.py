@@ -33,12 +33,6 @@ def client(raynet_connection) -> RaynetClient:
 
 
 @pytest.fixture
-def jana(raynet_sandbox) -> int:
-    """Jana's person id: a Raynet user who owns activities."""
-    return raynet_sandbox.add_user("jana@acme.test", "Jana Nováková")[1]
-
-
-@pytest.fixture
 def meeting_id(raynet_sandbox, jana) -> int:
     end = JUNE_15_9_PRAGUE + timedelta(hours=1)
     return raynet_sandbox.ui_create_activity("meeting", jana, "Coffee", JUNE_15_9_PRAGUE, end, meetingPlace="Café")

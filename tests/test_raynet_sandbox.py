@@ -35,12 +35,6 @@ def call(method: str, path: str, *, auth=(RAYNET_API_USER, RAYNET_API_KEY), inst
 
 
 @pytest.fixture
-def jana(raynet_sandbox) -> int:
-    """Jana's person id: she is a Raynet user and owns activities."""
-    return raynet_sandbox.add_user("jana@acme.test", "Jana Nováková")[1]
-
-
-@pytest.fixture
 def meeting_id(raynet_sandbox, jana) -> int:
     return raynet_sandbox.ui_create_activity(
         "meeting", jana, "Coffee", MONDAY_9_PRAGUE, MONDAY_9_PRAGUE + timedelta(hours=1), meetingPlace="Café"

@@ -7,6 +7,7 @@ Reference: /work/shared/reference/graph-api.md (§ numbers below point into it).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -20,9 +21,21 @@ import requests
 from django.conf import settings
 
 from syncapp.models import MicrosoftConnection
-from syncapp.providers.base import ConnectionCheck, ErrorKind, ProviderError, ProviderSession, parse_retry_after
+from syncapp.providers.base import (
+    ConnectionCheck,
+    ErrorKind,
+    ProviderError,
+    ProviderSession,
+    UnreadableItem,
+    json_body,
+    parse_retry_after,
+    scrub_secrets,
+    unreadable,
+)
 
 logger = logging.getLogger("syncapp.providers.outlook")
+
+SIDE = "outlook"  # ProviderError.side of every error this client raises
 
 # Our tag on every event we create: a GUID-named single-value extended property (§6). Never change it:
 # events written with another GUID or Name would no longer be found by find_event_by_link_uid.
@@ -54,6 +67,7 @@ class DeltaResult:
     removed_ids: list[str] = field(default_factory=list)
     delta_link: str = ""
     full: bool = False
+    unreadable: list[UnreadableItem] = field(default_factory=list)  # items without an id, nulls
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -91,22 +105,79 @@ def graph_scope(graph_base_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/.default"
 
 
+def drop_cached_tokens(connection: MicrosoftConnection) -> None:
+    """Forget the access tokens MSAL holds for the connection's tenant, so the next call fetches a new one."""
+    with _token_apps_lock:
+        app = _token_apps.get((connection.authority_url, settings.MICROSOFT_CLIENT_ID))
+    if app is None:
+        return
+    cache = app.token_cache
+    for token in list(cache.search(cache.CredentialType.ACCESS_TOKEN)):
+        cache.remove_at(token)
+
+
 def acquire_token(connection: MicrosoftConnection) -> str:
     """An app-only access token for the connection's tenant; ProviderError AUTH in plain words on refusal."""
     tenant = connection.tenant_id
     try:
         app = _token_app(connection.authority_url)
         result = app.acquire_token_for_client(scopes=[graph_scope(connection.graph_base_url)])
-    except ValueError:
-        # MSAL raises ValueError when the tenant's OIDC configuration cannot be read: an unknown tenant.
-        raise ProviderError(
-            f"Microsoft does not know the tenant “{tenant}”. Check the tenant id.", kind=ErrorKind.AUTH
-        ) from None
+    except (ValueError, KeyError) as error:
+        raise sign_in_setup_error(error, connection) from None
     except requests.RequestException:
-        raise ProviderError("Microsoft's sign-in service could not be reached.", kind=ErrorKind.TRANSIENT) from None
+        raise ProviderError(
+            "Microsoft's sign-in service could not be reached.", kind=ErrorKind.TRANSIENT, side=SIDE
+        ) from None
     if "access_token" in result:
         return result["access_token"]
     raise token_error(result, tenant)
+
+
+def sign_in_setup_error(error: ValueError | KeyError, connection: MicrosoftConnection) -> ProviderError:
+    """What MSAL's ValueError (raised while it reads the authority, §8) actually says is wrong.
+
+    MSAL wraps a failed discovery in a second ValueError; the first one (`__context__`) holds Microsoft's
+    answer, where AADSTS90002 / 900023 tell an unknown or malformed tenant from any other refusal.
+    """
+    authority = connection.authority_url
+    text = f"{error} {error.__context__ or ''}"
+    if isinstance(error, KeyError) or isinstance(error.__context__, json.JSONDecodeError):
+        message = (
+            f"The sign-in authority {authority} did not answer with a valid OpenID configuration: "
+            "check the authority address configured for this cloud."
+        )
+    elif "should consist of an https url" in text:
+        address = re.search(r"address \((.*?)\) should", text)
+        message = (
+            "The sign-in authority must be an https address with the tenant in its path: "
+            f"{address.group(1) if address else authority}. Check the authority configured for this cloud "
+            "and the tenant id."
+        )
+    elif "invalid_instance" in text:
+        message = f"Microsoft does not know the sign-in authority {authority}: check the cloud setting."
+    elif "AADSTS900023" in text:
+        message = malformed_tenant_message(connection.tenant_id)
+    elif "AADSTS90002" in text:
+        message = unknown_tenant_message(connection.tenant_id)
+    elif "Unable to get authority configuration" in text:
+        message = (
+            f"The sign-in configuration of tenant “{connection.tenant_id}” could not be read at {authority}: "
+            "check the tenant id and the cloud setting."
+        )
+    else:
+        message = f"Microsoft's sign-in library refused the configuration: {scrub_secrets(str(error))}"
+    return ProviderError(message, kind=ErrorKind.AUTH, code="msal_configuration", side=SIDE)
+
+
+def unknown_tenant_message(tenant: str) -> str:
+    return f"Microsoft does not know the tenant “{tenant}”. Check the tenant id."
+
+
+def malformed_tenant_message(tenant: str) -> str:
+    return (
+        f"“{tenant}” is not a valid tenant id: enter the tenant's GUID (Entra admin center → Overview → "
+        "Tenant ID) or its domain, such as contoso.onmicrosoft.com."
+    )
 
 
 def token_error(result: dict, tenant: str) -> ProviderError:
@@ -118,20 +189,37 @@ def token_error(result: dict, tenant: str) -> ProviderError:
             "Microsoft rejected the portal's app credentials (the client secret is wrong or has expired). "
             "The portal operator must renew the app secret."
         )
-    elif codes & {65001, 700016, 7000112} or error == "unauthorized_client":
+    elif codes & {7000112}:
+        message = (
+            f"The portal's app is disabled in tenant “{tenant}”. A Microsoft 365 administrator must enable it "
+            "again (Entra admin center → Enterprise applications → the portal's app → Properties)."
+        )
+    elif codes & {53003}:
+        message = (
+            f"A Conditional Access policy in tenant “{tenant}” blocks the portal's app. A Microsoft 365 "
+            "administrator must exclude the app from that policy."
+        )
+    elif codes & {65001, 700016, 7000229} or error == "unauthorized_client":
         message = (
             f"The portal's app has no admin consent in tenant “{tenant}” (it was never granted or was revoked). "
             "A Microsoft 365 administrator must grant consent again from the portal."
         )
-    elif codes & {90002, 90023} or error == "invalid_tenant":
-        message = f"Microsoft does not know the tenant “{tenant}”. Check the tenant id."
+    elif codes & {900023}:
+        message = malformed_tenant_message(tenant)
+    elif codes & {90002} or error == "invalid_tenant":
+        message = unknown_tenant_message(tenant)
+    elif codes & {500011, 1002012, 70011} or error == "invalid_scope":
+        message = (
+            f"Tenant “{tenant}” does not offer Microsoft Graph at the address the portal asked for: "
+            "check the connection's cloud (global, US Government, 21Vianet)."
+        )
     elif error in {"temporarily_unavailable", "server_error"}:
         return ProviderError(
-            "Microsoft's sign-in service is temporarily unavailable.", kind=ErrorKind.TRANSIENT, code=error
+            "Microsoft's sign-in service is temporarily unavailable.", kind=ErrorKind.TRANSIENT, code=error, side=SIDE
         )
     else:
         message = f"Microsoft refused to issue a token for tenant “{tenant}” ({error or 'unknown error'})."
-    return ProviderError(message, kind=ErrorKind.AUTH, code=error)
+    return ProviderError(message, kind=ErrorKind.AUTH, code=error, side=SIDE)
 
 
 class GraphAuth(requests.auth.AuthBase):
@@ -139,10 +227,17 @@ class GraphAuth(requests.auth.AuthBase):
 
     def __init__(self, connection: MicrosoftConnection) -> None:
         self.connection = connection
+        self.token = ""  # the last one sent, to scrub it from any error text that echoes it
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {acquire_token(self.connection)}"
+        self.token = acquire_token(self.connection)
+        request.headers["Authorization"] = f"Bearer {self.token}"
         return request
+
+    def renew(self) -> None:
+        """Graph refused the token (expired early, or revoked): the next request gets a new one from MSAL."""
+        logger.info("Graph refused the token of tenant %s: fetching a new one", self.connection.tenant_id)
+        drop_cached_tokens(self.connection)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -168,14 +263,19 @@ def classify(response: requests.Response) -> ProviderError:
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
 
     def error(message: str, kind: ErrorKind) -> ProviderError:
-        return ProviderError(message, kind=kind, status=status, code=code, retry_after=retry_after)
+        return ProviderError(message, kind=kind, status=status, code=code, retry_after=retry_after, side=SIDE)
 
     if status == 429 or code in THROTTLE_CODES:
         return error("Microsoft Graph is throttling requests for this mailbox.", ErrorKind.RATE_LIMITED)
     if status == 410 or code in RESYNC_CODES:
         return error("The Outlook sync state expired; a full read is needed.", ErrorKind.RESYNC)
     if status == 401 or code in AUTH_CODES:
-        return error("Microsoft Graph did not accept the portal's access token.", ErrorKind.AUTH)
+        # Reached only when a freshly fetched token is refused too (the session renews it once on a 401).
+        return error(
+            "Microsoft Graph did not accept the portal's access token, not even a newly issued one: "
+            "check that the app's consent in the tenant still stands.",
+            ErrorKind.AUTH,
+        )
     if code == "ErrorAccessDenied":
         return error(access_denied_message(mailbox_of(response.url or "")), ErrorKind.PERMISSION)
     if status == 403:
@@ -258,13 +358,28 @@ class OutlookClient:
             concurrency_key=concurrency_key_for(connection.tenant_id),
             concurrency_limit=MAILBOX_CONCURRENCY,
         )
-        self.session.http.auth = GraphAuth(connection)
+        self.auth = GraphAuth(connection)
+        self.session.side = SIDE
+        self.session.http.auth = self.auth
+        self.session.renew_auth = self.auth.renew
+        self.session.secrets = lambda: (settings.MICROSOFT_CLIENT_SECRET, self.auth.token)
         self.session.http.headers["Prefer"] = PREFER
 
     # --- plumbing
     def _json(self, method: str, path: str, **kwargs) -> dict:
         response = self.session.request(method, path, **kwargs)
-        return response.json() if response.content else {}
+        if not response.content:
+            return {}
+        body = json_body(response, service="Microsoft Graph", side=SIDE)
+        if not isinstance(body, dict):
+            raise ProviderError(
+                f"Microsoft Graph answered HTTP {response.status_code} with JSON that is not an object.",
+                kind=ErrorKind.TRANSIENT,
+                status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
+            )
+        return body
 
     def _pages(self, path: str, **kwargs) -> list[dict]:
         """Every item of a collection, following @odata.nextLink (§7)."""
@@ -313,10 +428,14 @@ class OutlookClient:
         latest: dict[str, dict] = {}  # by id, in order of last appearance: the last occurrence wins
         next_path: str | None = path
         delta_link = ""
+        bad: list[UnreadableItem] = []
         while next_path:
             page = self._json("GET", next_path, params=params, headers=headers)
             params = None
-            for item in page.get("value", []):
+            for item in page.get("value") or []:
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+                    bad.append(unreadable(SIDE, item, "the item has no id", title_key="subject"))
+                    continue
                 latest.pop(item["id"], None)
                 latest[item["id"]] = item
             next_path = page.get("@odata.nextLink")
@@ -326,6 +445,7 @@ class OutlookClient:
             removed_ids=[item["id"] for item in latest.values() if "@removed" in item],
             delta_link=delta_link,
             full=full,
+            unreadable=bad,
         )
 
     def get_event(self, user_id: str, event_id: str) -> dict | None:
@@ -356,12 +476,14 @@ class OutlookClient:
         return {"$expand": f"singleValueExtendedProperties($filter=id eq '{odata_quote(LINK_PROPERTY_ID)}')"}
 
     # --- writing events
-    def create_event(self, user_id: str, event: dict, *, link_uid: str) -> dict:
-        """Create, tagged with `link_uid`. The transactionId makes the session's own retries of this POST
-        idempotent (§2); across crashes, look for the tag first (find_event_by_link_uid)."""
+    def create_event(self, user_id: str, event: dict, *, link_uid: str, transaction_id: str | None = None) -> dict:
+        """Create, tagged with `link_uid`. The transactionId makes retries of this POST idempotent (§2): the
+        session's own, and, when the caller passes a stable one (the engine passes the link's uid), a later
+        run's too. What Graph answers to a repeated one is UNCONFIRMED, so a later run looks for the tag
+        first (find_event_by_link_uid) and never relies on it alone."""
         body = {
             **event,
-            "transactionId": str(uuid.uuid4()),
+            "transactionId": transaction_id or str(uuid.uuid4()),
             "singleValueExtendedProperties": [{"id": LINK_PROPERTY_ID, "value": link_uid}],
         }
         return self._json("POST", self._event_path(user_id), json=body)
@@ -417,5 +539,6 @@ class OutlookClient:
                 return ConnectionCheck(True, "Connected to Microsoft 365, but the tenant has no users yet.")
             self._json("GET", f"users/{quote(user_id, safe='')}/calendar")
         except ProviderError as error:
-            return ConnectionCheck(False, error.message)
+            error.scrub(self.session.secrets())  # acquire_token's errors do not pass through the session
+            return ConnectionCheck(False, error.message, permanent=error.permanent, error=error)
         return ConnectionCheck(True, "Connected to Microsoft 365: users and calendars are readable.")

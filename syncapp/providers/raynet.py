@@ -23,10 +23,22 @@ import requests
 from django.utils import timezone
 
 from syncapp.models import RaynetConnection
-from syncapp.providers.base import ConnectionCheck, ErrorKind, ProviderError, ProviderSession, parse_retry_after
+from syncapp.providers.base import (
+    ConnectionCheck,
+    ErrorKind,
+    ProviderError,
+    ProviderSession,
+    UnreadableItem,
+    basic_auth_value,
+    json_body,
+    parse_retry_after,
+    unreadable,
+)
+from syncapp.secrets import UndecryptableSecret
 
 logger = logging.getLogger("syncapp.providers.raynet")
 
+SIDE = "raynet"  # ProviderError.side of every error this client raises
 ENTITIES = ("meeting", "event")
 PAGE_SIZE = 1000  # the largest page Raynet serves (reference §4)
 MAX_CONNECTIONS = 4  # "429 if a single client exceeds 4 concurrently active connections" (reference §6)
@@ -38,6 +50,8 @@ DATETIME_KEYS = ("scheduledFrom", "scheduledTill", "completed", "rowInfo.created
 UPDATE_ONLY_FIELDS = ("status", "personal", "meetingPlace", "participants", "customFields")
 RATE_LIMIT_SAVE_EVERY = 20  # responses between saves of the X-Ratelimit-* numbers
 RATE_LIMIT_SAVE_SECONDS = 30.0
+UNREADABLE_KEY = "undecryptable_key"
+UNREADABLE_KEY_MESSAGE = "The stored Raynet API key cannot be decrypted: enter the key again."
 
 
 @dataclass(frozen=True)
@@ -61,9 +75,13 @@ def error_body(response: requests.Response) -> dict:
 
 
 def admin_message(plain: str, body: dict) -> str:
-    """Our plain words, then Raynet's: `translatedMessage`, else `message`, as Raynet's own clients show (§6)."""
+    """Our plain words, then Raynet's: `translatedMessage`, else `message`, as Raynet's own clients show (§6).
+
+    Not trimmed here: the session first removes any credential Raynet echoed, then trims (scrub_secrets),
+    so a key cut in half at the limit can never slip through.
+    """
     text = str(body.get("translatedMessage") or body.get("message") or "").strip()
-    return f"{plain} Raynet says: “{text[:300]}”" if text else plain
+    return f"{plain} Raynet says: “{text[:2000]}”" if text else plain
 
 
 def header_int(response: requests.Response, name: str) -> int | None:
@@ -96,7 +114,9 @@ def classify(response: requests.Response) -> ProviderError:
     code = str(body.get("type") or body.get("message") or "")[:100]
 
     def error(kind: ErrorKind, plain: str, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(admin_message(plain, body), kind=kind, status=status, code=code, retry_after=retry_after)
+        return ProviderError(
+            admin_message(plain, body), kind=kind, status=status, code=code, retry_after=retry_after, side=SIDE
+        )
 
     if status in (429, 503) and is_budget_spent(response, body):
         return error(
@@ -127,6 +147,11 @@ def classify(response: requests.Response) -> ProviderError:
     if status >= 500:
         return error(ErrorKind.TRANSIENT, f"Raynet had a server error (HTTP {status}).")
     return error(ErrorKind.VALIDATION, f"Raynet rejected the request (HTTP {status}).")
+
+
+def last_id(rows: list) -> int:
+    """The highest id of the rows read so far, where to go on; a malformed row does not stop the walk."""
+    return max((row["id"] for row in rows if isinstance(row, dict) and isinstance(row.get("id"), int)), default=0)
 
 
 # --- date-times ----------------------------------------------------------------------------------------
@@ -161,8 +186,17 @@ class RaynetClient:
             concurrency_key=self._concurrency_key,
             concurrency_limit=MAX_CONNECTIONS,
         )
+        self.session.side = SIDE
         self.session.on_response = self._track_rate_limit
-        self.session.http.auth = (connection.api_user_email, connection.api_key.reveal())
+        # A key that cannot be decrypted fails each call in plain words (_request), not the construction.
+        try:
+            api_key = connection.api_key.reveal() if connection.api_key else ""
+        except UndecryptableSecret:
+            api_key = None
+        self._key_unreadable = api_key is None
+        credentials = (connection.api_user_email, api_key or "")
+        self.session.secrets = lambda: (credentials[1], basic_auth_value(*credentials))
+        self.session.http.auth = credentials
         self.session.http.headers["X-Instance-Name"] = connection.instance_name
         self.session.http.headers["Accept"] = "application/json"
         self._person_emails: dict[int, str] = {}
@@ -184,7 +218,7 @@ class RaynetClient:
         scheduled_till: datetime | None = None,
         modified_since: datetime | None = None,
         status: str | None = None,
-    ) -> list[dict]:
+    ) -> list[dict | UnreadableItem]:
         """Activities overlapping [scheduled_from, scheduled_till] and/or modified since a watermark.
 
         The window selects overlap: `scheduledTill[GE]=start` and `scheduledFrom[LE]=end`; both columns
@@ -205,7 +239,44 @@ class RaynetClient:
         if status is not None:
             filters["status"] = status
         rows = self._list_all(self._entity_path(entity), filters, walk_by_id=True)
-        return [self._activity(entity, row, owner_id=owner_id) for row in rows]
+        return [self._listed_activity(entity, row, owner_id=owner_id) for row in rows]
+
+    def list_activity_ids(
+        self, entity: str, *, scheduled_from: datetime, scheduled_till: datetime, after_id: int = 0
+    ) -> tuple[list[dict], int]:
+        """One page (1000 rows) of the ids in the window, from `after_id` on, and how many rows are left.
+
+        `view=rowInfo` returns "only status fields (created, modified, version…)" (reference §4): the
+        smallest listing that tells which records still exist, the way §7 (b) suggests finding
+        deletions. Its exact shape is UNCONFIRMED: only `id` and `rowInfo.updatedAt` are relied on, and
+        a row without an int id is left out (the record is then looked up, never taken as deleted).
+        """
+        params = {
+            "scheduledTill[GE]": format_datetime(scheduled_from, self.zone),
+            "scheduledFrom[LE]": format_datetime(scheduled_till, self.zone),
+            "view": "rowInfo",
+            "limit": PAGE_SIZE,
+            "sortColumn": "id",
+            "sortDirection": "ASC",
+        }
+        if after_id:
+            params["id[GT]"] = after_id
+        body = self._envelope(self._request("GET", self._entity_path(entity), params=params, iso=True))
+        rows = [row for row in body.get("data") or [] if isinstance(row, dict) and isinstance(row.get("id"), int)]
+        try:
+            total = int(body.get("totalCount") or 0)
+        except (TypeError, ValueError):
+            total = len(rows)
+        return rows, total
+
+    def _listed_activity(self, entity: str, row: Any, *, owner_id: int | None) -> dict | UnreadableItem:
+        """A list row as an activity, or as an UnreadableItem when it cannot be parsed: never the whole list."""
+        try:
+            if not isinstance(row, dict) or not isinstance(row.get("id"), int):
+                raise ValueError("the row has no numeric id")
+            return self._activity(entity, row, owner_id=owner_id)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            return unreadable(SIDE, row, error)
 
     def get_activity(self, entity: str, activity_id: int) -> dict | None:
         """The record, or None when Raynet answers 404 (deleted; there are no tombstones, reference §7)."""
@@ -225,20 +296,37 @@ class RaynetClient:
         """
         create_fields = {key: value for key, value in fields.items() if key not in UPDATE_ONLY_FIELDS}
         update_fields = {key: value for key, value in fields.items() if key in UPDATE_ONLY_FIELDS}
-        response = self._request("PUT", self._entity_path(entity), body=create_fields)
+        # Never resent once it may have reached Raynet: a lost reply would make a second record.
+        response = self._request("PUT", self._entity_path(entity), body=create_fields, idempotent=False)
         if response.status_code != 201:  # Raynet's own PHP client treats anything else as an error (§2)
             # Not retried: the record may exist anyway, and the ext id lookup is what finds it.
             raise ProviderError(
                 f"Raynet answered HTTP {response.status_code} to a create.",
                 kind=ErrorKind.VALIDATION,
                 status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
             )
-        activity_id = int(self._data(response)["id"])
+        data = self._data(response)
+        try:
+            activity_id = int(data["id"])
+        except (TypeError, KeyError, ValueError):
+            raise ProviderError(
+                "Raynet confirmed a create without the new record's id.",
+                kind=ErrorKind.TRANSIENT,
+                status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
+            ) from None
         if ext_id:
-            self._request("PUT", f"{self._entity_path(entity)}{activity_id}/extId/", body={"extId": ext_id})
+            self.tag_ext_id(entity, activity_id, ext_id)
         if update_fields:
             self.update_activity(entity, activity_id, update_fields)
         return activity_id
+
+    def tag_ext_id(self, entity: str, activity_id: int, ext_id: str) -> None:
+        """Add an external id (reference §2, External IDs); adding one the record already has changes nothing."""
+        self._request("PUT", f"{self._entity_path(entity)}{int(activity_id)}/extId/", body={"extId": ext_id})
 
     def update_activity(self, entity: str, activity_id: int, fields: dict) -> None:
         """Partial update with POST; Raynet sends no record back (reference §2).
@@ -247,8 +335,10 @@ class RaynetClient:
         """
         if "owner" in fields:
             # There is no owner on update; Raynet answers 403 (reference §3, Update schema).
-            raise ProviderError("Raynet cannot change an activity's owner.", kind=ErrorKind.VALIDATION)
-        self._request("POST", f"{self._entity_path(entity)}{int(activity_id)}/", body=fields)
+            raise ProviderError("Raynet cannot change an activity's owner.", kind=ErrorKind.VALIDATION, side=SIDE)
+        # Adding a participant twice makes two participants: such an update is never resent blindly.
+        adds = any(isinstance(p, dict) and "id" not in p for p in fields.get("participants") or [])
+        self._request("POST", f"{self._entity_path(entity)}{int(activity_id)}/", body=fields, idempotent=not adds)
 
     def delete_activity(self, entity: str, activity_id: int) -> None:
         """DELETE; a record that is already gone (404) counts as deleted."""
@@ -338,7 +428,7 @@ class RaynetClient:
             users = self._request("GET", "userAccount/", params={"username": self.connection.api_user_email})
             self._request("GET", "meeting/", params={"limit": 1})
         except ProviderError as error:
-            return ConnectionCheck(False, self._connection_problem(error))
+            return ConnectionCheck(False, self._connection_problem(error), permanent=error.permanent, error=error)
         found = self._data(users)
         who = found[0]["person"].get("fullName") if found and found[0].get("person") else None
         as_whom = f"{self.connection.api_user_email} ({who})" if who else self.connection.api_user_email
@@ -346,6 +436,8 @@ class RaynetClient:
 
     def _connection_problem(self, error: ProviderError) -> str:
         instance = self.connection.instance_name
+        if error.code == UNREADABLE_KEY:
+            return error.message
         if error.kind == ErrorKind.AUTH:
             return (
                 f"Raynet did not accept the login for instance “{instance}”: check the instance name, "
@@ -368,14 +460,24 @@ class RaynetClient:
         return f"{entity}/"
 
     def _request(
-        self, method: str, path: str, *, params: dict | None = None, body: dict | None = None, iso: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: dict | None = None,
+        iso: bool = False,
+        idempotent: bool = True,
     ) -> requests.Response:
         """One call; while the daily budget is spent, fail at once without calling (reference §6)."""
+        if self._key_unreadable:
+            raise ProviderError(UNREADABLE_KEY_MESSAGE, kind=ErrorKind.AUTH, code=UNREADABLE_KEY, side=SIDE)
         if self.connection.is_paused():
             raise ProviderError(
                 f"Raynet's daily API request limit is spent; paused until {self.connection.paused_until:%H:%M} UTC.",
                 kind=ErrorKind.BUDGET_SPENT,
                 retry_after=(self.connection.paused_until - timezone.now()).total_seconds(),
+                side=SIDE,
             )
         if iso:
             params = {**(params or {}), "dateFormat": "ISO8601"}  # always ask for offsets (reference §2)
@@ -384,7 +486,7 @@ class RaynetClient:
             kwargs["data"] = json.dumps(self._serialize(body))
             kwargs["headers"] = {"Content-Type": "application/json"}
         try:
-            return self.session.request(method, path, **kwargs)
+            return self.session.request(method, path, idempotent=idempotent, **kwargs)
         except ProviderError as error:
             if error.kind == ErrorKind.BUDGET_SPENT:
                 self._pause(error)
@@ -411,13 +513,14 @@ class RaynetClient:
     @staticmethod
     def _envelope(response: requests.Response) -> dict:
         """A success envelope; `success` is `true` or `"true"` depending on the endpoint (reference §2)."""
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = json_body(response, service="Raynet", side=SIDE)
         if not isinstance(body, dict) or str(body.get("success")).lower() != "true":
             raise ProviderError(
-                "Raynet answered without success.", kind=ErrorKind.TRANSIENT, status=response.status_code
+                f"Raynet answered HTTP {response.status_code} without its success envelope.",
+                kind=ErrorKind.TRANSIENT,
+                status=response.status_code,
+                side=SIDE,
+                maybe_applied=True,
             )
         return body
 
@@ -437,13 +540,22 @@ class RaynetClient:
             if walk_by_id:
                 params.update(sortColumn="id", sortDirection="ASC")
                 if rows:
-                    params["id[GT]"] = rows[-1]["id"]
+                    params["id[GT]"] = last_id(rows)
             else:
                 params["offset"] = len(rows)
             body = self._envelope(self._request("GET", path, params=params, iso=True))
             page = body.get("data") or []
+            try:
+                total = int(body.get("totalCount") or 0)
+            except (TypeError, ValueError):
+                total = None
+            if not isinstance(page, list) or total is None:
+                raise ProviderError(
+                    f"Raynet answered a listing of {path} without its rows or their total count.",
+                    kind=ErrorKind.TRANSIENT,
+                    side=SIDE,
+                )
             rows.extend(page)
-            total = int(body.get("totalCount") or 0)
             if not page or (len(page) >= total if walk_by_id else len(rows) >= total):
                 return rows
 
@@ -480,10 +592,12 @@ class RaynetClient:
             connection.rate_limit_limit = limit
             connection.rate_limit_remaining = remaining
             connection.rate_limit_reset_at = reset_at
+            if connection.pk is None:  # a connection being tested in the connect form: saved with its numbers
+                return
             self._unsaved_responses += 1
             due = time.monotonic() - self._last_rate_limit_save >= RATE_LIMIT_SAVE_SECONDS
             if not (urgent or due or self._unsaved_responses >= RATE_LIMIT_SAVE_EVERY):
                 return
             self._unsaved_responses = 0
             self._last_rate_limit_save = time.monotonic()
-        connection.save(update_fields=["rate_limit_limit", "rate_limit_remaining", "rate_limit_reset_at"])
+        connection.save_rate_limit()

@@ -10,12 +10,15 @@ one JSON-able dict, so the same code serves
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,6 +52,10 @@ class SandboxResponse:
     status: int
     body: Any = None  # dict/list → JSON, str → text, None → empty
     headers: dict[str, str] = field(default_factory=dict)
+    # Not an answer but a broken connection: "refused", "reset" or "timeout" (see Sandbox.inject_fault).
+    disconnect: str = ""
+    # The client dies before it reads this reply: a process id to SIGKILL, or True in-process (see kill_client).
+    kill: int | bool = False
 
     def encoded(self) -> tuple[bytes, str]:
         if self.body is None:
@@ -96,8 +103,23 @@ class Sandbox:
         delay: float = 0.0,
         path: str | None = None,
         method: str | None = None,
+        after: bool = False,
+        disconnect: str = "",
+        kill: int | bool = False,
     ) -> None:
-        """The next `times` matching requests fail with `status` (status 0: only slow, then served)."""
+        """The next `times` matching requests fail with `status` (status 0: only slow, then served).
+
+        `after=True`: the request is carried out first, then its reply is lost and replaced by the fault
+        (a 503 or a timeout after processing). `disconnect`: no HTTP answer at all, the connection breaks:
+        "refused" (nothing reached the service), "reset" or "timeout" (with `after`, once it was carried
+        out). The `responses` front raises what requests raises then; the HTTP front answers 504.
+        `kill`: the request is carried out, then the client dies before it reads the reply (a crash right
+        after an accepted write). The HTTP front SIGKILLs process `kill` (a pid) once the write is stored;
+        the `responses` front raises ClientKilled in the caller, which no `except Exception` stops. Each
+        kill is noted in `state["kills"]` as [method, path].
+        """
+        if disconnect not in ("", "refused", "reset", "timeout"):
+            raise ValueError(f"unknown disconnect {disconnect!r}")
         self.state["faults"].append(
             {
                 "status": status,
@@ -107,6 +129,9 @@ class Sandbox:
                 "delay": delay,
                 "path": path,
                 "method": method,
+                "after": after or bool(kill),
+                "disconnect": disconnect,
+                "kill": kill,
             }
         )
 
@@ -129,6 +154,14 @@ class Sandbox:
             fault = self._take_fault(request)
         if fault and fault["delay"]:
             time.sleep(fault["delay"])
+        if fault and fault.get("after"):
+            self.serve(request)  # carried out; the reply below replaces the real one
+        if fault and fault.get("kill"):
+            with self.lock:
+                self.state.setdefault("kills", []).append([request.method, request.path])
+            return SandboxResponse(504, None, kill=fault["kill"])
+        if fault and fault.get("disconnect"):
+            return SandboxResponse(504, None, disconnect=fault["disconnect"])
         if fault and fault["status"]:
             return SandboxResponse(fault["status"], fault["body"], dict(fault["headers"]))
         return self.serve(request)
@@ -162,6 +195,10 @@ def register_with_responses(rsps, base_url: str, sandbox: Sandbox) -> None:
 
     def callback(prepared):
         reply = sandbox.handle(request_from_prepared(prepared, base_url))
+        if reply.kill:
+            raise ClientKilled(f"{prepared.method} {prepared.url}")
+        if reply.disconnect:
+            return broken_connection(reply.disconnect, prepared.url)
         data, content_type = reply.encoded()
         headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-type"}
         headers["Content-Type"] = content_type
@@ -170,6 +207,41 @@ def register_with_responses(rsps, base_url: str, sandbox: Sandbox) -> None:
     pattern = re.compile(re.escape(base_url.rstrip("/")) + r"(/.*)?$")
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         rsps.add_callback(method, pattern, callback=callback)
+
+
+def broken_connection(kind: str, url: str) -> Exception:
+    """The exception requests raises when the connection fails this way (urllib3 2.x shapes)."""
+    import requests
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+
+    if kind == "refused":
+        refused = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
+        return requests.ConnectionError(MaxRetryError(None, url, refused))
+    if kind == "reset":
+        reset = ConnectionResetError(104, "Connection reset by peer")
+        return requests.ConnectionError(ProtocolError("Connection aborted.", reset))
+    return requests.ReadTimeout(f"Read timed out: {url}")
+
+
+class ClientKilled(BaseException):
+    """In-process stand-in for SIGKILL right after the sandbox carried out a request: like KeyboardInterrupt,
+    no `except Exception` in the code under test stops it, and nothing after the call runs."""
+
+
+def kill_client(pid: int, *, wait: float = 10.0) -> None:
+    """SIGKILL the client process and wait until it is dead, so it can never read the reply (Linux /proc)."""
+    if isinstance(pid, bool) or pid <= 1:
+        raise ValueError("the HTTP front can only kill a client process given by its pid")
+    os.kill(pid, signal.SIGKILL)
+    stat = Path(f"/proc/{pid}/stat")
+    give_up = time.monotonic() + wait
+    while time.monotonic() < give_up:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.01)
 
 
 @contextmanager
@@ -202,6 +274,8 @@ def make_sandbox_view(sandbox_class: type[Sandbox]):
         )
         with stored_sandbox(sandbox_class, key) as sandbox:
             reply = sandbox.handle(sandbox_request)
+        if reply.kill:
+            kill_client(reply.kill)  # only now: the write is committed, the reply not yet sent
         data, content_type = reply.encoded()
         response = HttpResponse(data, status=reply.status, content_type=content_type)
         for name, value in reply.headers.items():

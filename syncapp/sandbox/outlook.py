@@ -238,6 +238,15 @@ def build_rule(recurrence: dict, first_local: datetime) -> rrule.rrule:
     return rrule.rrule(freq, dtstart=dtstart, **options)
 
 
+def looks_like_tenant(tenant: str) -> bool:
+    """A GUID or a domain name: Entra answers anything else with AADSTS900023, not "not found"."""
+    try:
+        uuid.UUID(tenant)
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", tenant))
+    return True
+
+
 def page_link(url: str, skip_token: str) -> str:
     """`url` with `$skiptoken` replaced: the other query options carry over as Graph's links do."""
     parts = urlsplit(url)
@@ -323,8 +332,9 @@ class GraphSandbox(Sandbox):
         return REST_PREFIX + event_id[len(IMMUTABLE_PREFIX) :]
 
     # === tenants and users (the person API) ========================================================
-    def add_tenant(self, tenant_id: str, client_id: str, client_secret: str) -> None:
-        self.state["tenants"][tenant_id] = {"client_id": client_id, "client_secret": client_secret, "consent": True}
+    def add_tenant(self, tenant_id: str, client_id: str, client_secret: str, *, consent: bool = True) -> None:
+        """A tenant where our app is registered; `consent=False` until an admin accepts the consent page."""
+        self.state["tenants"][tenant_id] = {"client_id": client_id, "client_secret": client_secret, "consent": consent}
 
     def revoke_consent(self, tenant_id: str) -> None:
         """The tenant's admin removed the app: new tokens are refused (tokens already issued keep working)."""
@@ -364,6 +374,14 @@ class GraphSandbox(Sandbox):
         code = "TooManyRequests" if status == 429 else "ServiceUnavailable"
         body = {"error": {"code": code, "message": "Please retry again later.", "innerError": {"status": str(status)}}}
         self.inject_fault(status, times=times, body=body, headers={"Retry-After": retry_after}, path=path or r"^v1\.0/")
+
+    def revoke_tokens(self, *, after_requests: int = 0) -> None:
+        """Every access token issued so far stops working (expired early or revoked by the tenant), at once or
+        after `after_requests` more Graph requests (mid-run); new tokens are issued as before."""
+        if after_requests:
+            self.state["revoke_tokens_after"] = after_requests
+        else:
+            self.state["access_tokens"].clear()
 
     def expire_delta_tokens(self, user_id: str | None = None) -> None:
         """Evict the delta and skip tokens (of one mailbox): their next use gets 410 syncStateNotFound (§3)."""
@@ -432,6 +450,15 @@ class GraphSandbox(Sandbox):
         segments = request.path.strip("/").split("/")
         tenant_id = segments[0]
         rest = "/".join(segments[1:])
+        if rest == "v2.0/adminconsent" and tenant_id in ("organizations", "common"):
+            return self._admin_consent(request)
+        if tenant_id not in self.state["tenants"] and not looks_like_tenant(unquote(tenant_id)):
+            raise GraphError(
+                400,
+                "invalid_tenant",
+                f"AADSTS900023: Specified tenant identifier '{unquote(tenant_id)}' is neither a valid DirectoryName "
+                "nor a valid ObjectId.",
+            )
         if tenant_id not in self.state["tenants"]:
             raise GraphError(
                 400,
@@ -443,6 +470,51 @@ class GraphSandbox(Sandbox):
         if request.method == "POST" and rest == "oauth2/v2.0/token":
             return self._issue_token(request, tenant_id)
         raise GraphError(404, "not_found", f"AADSTS90027: no such endpoint {request.path}")
+
+    def _admin_consent(self, request: SandboxRequest) -> SandboxResponse:
+        """Microsoft's admin-consent page, simulated: pick the tenant you administer, accept or cancel.
+
+        As https://learn.microsoft.com/entra/identity-platform/v2-admin-consent: the browser comes back to
+        redirect_uri with tenant, state and admin_consent=True, or with error and error_description.
+        """
+        args = {key: values[0] for key, values in request.query.items()}
+        if request.method == "POST":
+            args |= {key: values[0] for key, values in parse_qs(request.body.decode()).items()}
+        client_id, redirect_uri = args.get("client_id", ""), args.get("redirect_uri", "")
+        tenants = [t for t, record in self.state["tenants"].items() if record["client_id"] == client_id]
+        if not redirect_uri.startswith(("http://", "https://")) or not tenants:
+            raise GraphError(400, "invalid_request", f"AADSTS700016: Application '{client_id}' was not found.")
+        if request.method == "POST":
+            if args.get("decision") == "accept" and args.get("tenant") in tenants:
+                self.state["tenants"][args["tenant"]]["consent"] = True
+                answer = {"tenant": args["tenant"], "state": args.get("state", ""), "admin_consent": "True"}
+            else:
+                answer = {
+                    "error": "access_denied",
+                    "error_description": "AADSTS65004: The administrator declined to consent.",
+                    "state": args.get("state", ""),
+                }
+            separator = "&" if "?" in redirect_uri else "?"
+            return SandboxResponse(302, None, {"Location": f"{redirect_uri}{separator}{urlencode(answer)}"})
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in args.items()
+            if k in ("client_id", "redirect_uri", "state", "scope")
+        )
+        choices = "".join(
+            f'<p><input type="radio" name="tenant" id="t{i}" value="{html.escape(t)}"{" checked" if i == 0 else ""}>'
+            f' <label for="t{i}">{html.escape(t)}</label></p>'
+            for i, t in enumerate(tenants)
+        )
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Permissions requested</title></head>'
+            "<body><h1>Permissions requested (sandbox)</h1><p>Accept for your organization: read and write "
+            "calendars in all mailboxes, read all users' basic profiles.</p>"
+            f'<form method="post">{hidden}{choices}'
+            '<button type="submit" name="decision" value="accept">Accept</button> '
+            '<button type="submit" name="decision" value="cancel">Cancel</button></form></body></html>'
+        )
+        return SandboxResponse(200, page, {"Content-Type": "text/html; charset=utf-8"})
 
     def _openid_configuration(self, request: SandboxRequest, tenant_id: str) -> dict:
         base = f"{self._root(request)}/{tenant_id}"
@@ -499,6 +571,12 @@ class GraphSandbox(Sandbox):
 
     # === graph host: routing =======================================================================
     def _graph(self, request: SandboxRequest) -> SandboxResponse:
+        if "revoke_tokens_after" in self.state:
+            if self.state["revoke_tokens_after"] <= 0:
+                del self.state["revoke_tokens_after"]
+                self.state["access_tokens"].clear()
+            else:
+                self.state["revoke_tokens_after"] -= 1
         tenant_id = self._authenticate(request)
         prefs = parse_prefer(request.header("Prefer"))
         segments = [unquote(s) for s in request.path.strip("/").split("/")[1:]]
