@@ -148,6 +148,7 @@ LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = envstr("TIME_ZONE", "Europe/Prague")
 USE_I18N = True
 USE_TZ = True
+USE_THOUSAND_SEPARATOR = True  # 24 000 in Czech, 24,000 in English (ids are printed with |unlocalize)
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
