@@ -1,4 +1,4 @@
-"""The reconcile table: plan() is a pure function of (pair, link state, policy), tested without sandboxes or database."""
+"""The reconcile table: plan() is a pure function of (pair, link, policy), tested without sandboxes or database."""
 
 from __future__ import annotations
 
@@ -256,7 +256,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("pair", "rules", "facts", "kind", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("pair", "rules", "facts", "kind", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_the_reconcile_table(pair, rules, facts, kind, reason):
     action = plan(pair, rules, facts)
 
