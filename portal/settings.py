@@ -55,6 +55,10 @@ MICROSOFT_CLOUDS = {
 # mailbox deletes nothing and flags the mailbox for an admin.
 MASS_DELETE_MIN_COUNT = envint("MASS_DELETE_MIN_COUNT", 10)
 MASS_DELETE_MIN_PERCENT = envint("MASS_DELETE_MIN_PERCENT", 25)
+# A sync run stops between items after this many seconds (below the worker's timeout); the next run goes on.
+SYNC_RUN_DEADLINE = envint("SYNC_RUN_DEADLINE", 240)
+# Every page of the Raynet id listing that finds deletions is read at least this often (syncapp/sync/deletions.py).
+RAYNET_DELETION_CHECK_SECONDS = envint("RAYNET_DELETION_CHECK_SECONDS", 3600)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -144,6 +148,7 @@ LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = envstr("TIME_ZONE", "Europe/Prague")
 USE_I18N = True
 USE_TZ = True
+USE_THOUSAND_SEPARATOR = True  # 24 000 in Czech, 24,000 in English (ids are printed with |unlocalize)
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]

@@ -169,6 +169,8 @@ class RaynetConnection(ConnectionOutcome):
     rate_limit_remaining = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_reset_at = models.DateTimeField(null=True, blank=True)
     paused_until = models.DateTimeField(null=True, blank=True)
+    # Where the rotating id listing that finds Raynet deletions goes on, per type (syncapp/sync/deletions.py).
+    deletion_scan = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return f"Raynet {self.instance_name}"
@@ -330,6 +332,8 @@ class UserMapping(models.Model):
     graph_delta_window_start = models.DateField(null=True, blank=True)
     # Raynet changes (rowInfo.lastModifiedAt) up to this instant have been synced; empty = read the whole window.
     raynet_cursor = models.DateTimeField(null=True, blank=True)
+    # Set when Raynet or Graph asked us to wait longer than a run had left (Retry-After): no run before it.
+    not_before = models.DateTimeField(null=True, blank=True)
     subscription_id = models.CharField(max_length=64, blank=True)
     subscription_expires_at = models.DateTimeField(null=True, blank=True)
 
@@ -410,6 +414,10 @@ class EventLink(models.Model):
     ends_at = models.DateTimeField(null=True, blank=True)
     origin = models.CharField(max_length=10, choices=Origin.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    # The write in flight, stored before it is sent (syncapp/sync/apply.py): {"op", "at", hashes expected
+    # after it}. The next run tells our own write from a user's change by it, and finds a create whose
+    # reply was lost. Empty once the write's outcome is recorded.
+    intent = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
 
@@ -434,6 +442,36 @@ class EventLink(models.Model):
 
     def __str__(self) -> str:
         return f"{self.raynet_type} {self.raynet_id} ⇄ {self.outlook_event_id or '(not created)'}"
+
+    def record_intent(self, op: str, **expected) -> None:
+        """Store the write about to be sent, before it is sent: a crash after it leaves this trace."""
+        self.intent = {"op": op, "at": timezone.now().isoformat(), **expected}
+        self.save()
+
+    def record_outcome(self) -> None:
+        """The write's result is on the row (ids, hashes): nothing is in flight any more."""
+        self.intent = {}
+        self.save()
+
+    def mark_deleted(self) -> None:
+        self.state = self.State.DELETED
+        self.record_outcome()
+
+    def freeze(self) -> None:
+        self.state = self.State.FROZEN
+        self.record_outcome()
+
+    def forget_outlook_side(self) -> None:
+        """The Outlook event is gone for good; the link waits for the one made again (a restore)."""
+        self.outlook_event_id, self.outlook_attendees, self.outlook_hash = None, [], ""
+        # It comes back as a single event: still counted in its old series, it would look deleted there.
+        self.series_master_id = ""
+        self.save()
+
+    def forget_raynet_side(self) -> None:
+        """The Raynet record is gone for good; the link waits for the one made again (a restore)."""
+        self.raynet_id, self.raynet_type, self.raynet_hash = None, self.RaynetType.EVENT, ""
+        self.save()
 
 
 class SyncRun(models.Model):
@@ -481,7 +519,9 @@ class SyncLogEntry(models.Model):
     outlook_event_id = models.CharField(max_length=255, blank=True)
     direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.NONE)
     action = models.CharField(max_length=20)
-    reason = models.TextField()
+    reason = models.TextField()  # the English words, for search; reason_text gives the reader's language
+    reason_code = models.CharField(max_length=40, blank=True)  # syncapp.sync.reasons.Reason
+    reason_params = models.JSONField(default=dict, blank=True)
     details = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
@@ -495,6 +535,13 @@ class SyncLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action}: {self.reason}"
+
+    @property
+    def reason_text(self) -> str:
+        """The reason in the active language (entries written before reason codes keep their words)."""
+        from syncapp.sync.reasons import render_reason
+
+        return render_reason(self.reason_code, self.reason_params) if self.reason_code else self.reason
 
 
 class SandboxState(models.Model):

@@ -102,7 +102,9 @@ def test_a_second_run_with_no_changes_writes_nothing_and_reads_each_mailbox_once
     assert world.writes() == {"raynet": 0, "outlook": 0}
     assert world.outlook.count("GET", r"calendarView/delta") == 2
     assert world.outlook.count("GET", r"^v1\.0/users") == 2
-    assert world.raynet.count("GET") == 2  # one change listing per type for the whole organization
+    # For the whole organization, per type: one change listing and one id listing (finds deletions).
+    assert world.raynet.count("GET") == 4
+    assert world.raynet.count("GET", r"^(meeting|event)/$") == 4
     assert world.reasons() == []
 
 

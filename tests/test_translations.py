@@ -94,3 +94,14 @@ def test_a_form_error_reads_in_czech(client, org, admin_user):
     )
 
     assert "Zadejte API klíč." in page
+
+
+@pytest.mark.parametrize("language, expected", [("cs", "5 / 24\xa0000"), ("en", "5 / 24,000")])
+def test_numbers_are_written_the_readers_way(client, org, admin_user, raynet_connection, language, expected):
+    raynet_connection.rate_limit_limit, raynet_connection.rate_limit_remaining = 24000, 23995
+    raynet_connection.save()
+    client.force_login(admin_user)
+
+    page = page_text(client.get(f"/org/{org.code}/", HTTP_ACCEPT_LANGUAGE=language))
+
+    assert expected in page

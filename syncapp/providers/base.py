@@ -127,6 +127,31 @@ def basic_auth_value(username: str, password: str) -> str:
 
 
 @dataclass(frozen=True)
+class UnreadableItem:
+    """One row of a listing that could not be parsed (a malformed date, a missing id, a null).
+
+    Listings yield it in place of the row rather than failing as a whole, so one bad item never
+    blocks the rest of a mailbox; the engine logs it with its id and title and goes on.
+    """
+
+    side: str  # "raynet" or "outlook"
+    item_id: str
+    title: str
+    problem: str
+
+
+def unreadable(side: str, row: object, problem: Exception | str, *, title_key: str = "title") -> UnreadableItem:
+    fields = row if isinstance(row, dict) else {}
+    problem = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
+    return UnreadableItem(
+        side=side,
+        item_id=str(fields.get("id") or "(no id)")[:200],
+        title=str(fields.get(title_key) or "")[:200],
+        problem=scrub_secrets(problem, limit=200),
+    )
+
+
+@dataclass(frozen=True)
 class ConnectionCheck:
     """The result of a connection test, in plain words for the portal's connect form."""
 

@@ -26,9 +26,11 @@ from syncapp.providers.base import (
     ErrorKind,
     ProviderError,
     ProviderSession,
+    UnreadableItem,
     json_body,
     parse_retry_after,
     scrub_secrets,
+    unreadable,
 )
 
 logger = logging.getLogger("syncapp.providers.outlook")
@@ -65,6 +67,7 @@ class DeltaResult:
     removed_ids: list[str] = field(default_factory=list)
     delta_link: str = ""
     full: bool = False
+    unreadable: list[UnreadableItem] = field(default_factory=list)  # items without an id, nulls
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -425,10 +428,14 @@ class OutlookClient:
         latest: dict[str, dict] = {}  # by id, in order of last appearance: the last occurrence wins
         next_path: str | None = path
         delta_link = ""
+        bad: list[UnreadableItem] = []
         while next_path:
             page = self._json("GET", next_path, params=params, headers=headers)
             params = None
-            for item in page.get("value", []):
+            for item in page.get("value") or []:
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+                    bad.append(unreadable(SIDE, item, "the item has no id", title_key="subject"))
+                    continue
                 latest.pop(item["id"], None)
                 latest[item["id"]] = item
             next_path = page.get("@odata.nextLink")
@@ -438,6 +445,7 @@ class OutlookClient:
             removed_ids=[item["id"] for item in latest.values() if "@removed" in item],
             delta_link=delta_link,
             full=full,
+            unreadable=bad,
         )
 
     def get_event(self, user_id: str, event_id: str) -> dict | None:
@@ -468,12 +476,14 @@ class OutlookClient:
         return {"$expand": f"singleValueExtendedProperties($filter=id eq '{odata_quote(LINK_PROPERTY_ID)}')"}
 
     # --- writing events
-    def create_event(self, user_id: str, event: dict, *, link_uid: str) -> dict:
-        """Create, tagged with `link_uid`. The transactionId makes the session's own retries of this POST
-        idempotent (§2); across crashes, look for the tag first (find_event_by_link_uid)."""
+    def create_event(self, user_id: str, event: dict, *, link_uid: str, transaction_id: str | None = None) -> dict:
+        """Create, tagged with `link_uid`. The transactionId makes retries of this POST idempotent (§2): the
+        session's own, and, when the caller passes a stable one (the engine passes the link's uid), a later
+        run's too. What Graph answers to a repeated one is UNCONFIRMED, so a later run looks for the tag
+        first (find_event_by_link_uid) and never relies on it alone."""
         body = {
             **event,
-            "transactionId": str(uuid.uuid4()),
+            "transactionId": transaction_id or str(uuid.uuid4()),
             "singleValueExtendedProperties": [{"id": LINK_PROPERTY_ID, "value": link_uid}],
         }
         return self._json("POST", self._event_path(user_id), json=body)

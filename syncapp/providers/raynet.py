@@ -28,9 +28,11 @@ from syncapp.providers.base import (
     ErrorKind,
     ProviderError,
     ProviderSession,
+    UnreadableItem,
     basic_auth_value,
     json_body,
     parse_retry_after,
+    unreadable,
 )
 from syncapp.secrets import UndecryptableSecret
 
@@ -147,6 +149,11 @@ def classify(response: requests.Response) -> ProviderError:
     return error(ErrorKind.VALIDATION, f"Raynet rejected the request (HTTP {status}).")
 
 
+def last_id(rows: list) -> int:
+    """The highest id of the rows read so far, where to go on; a malformed row does not stop the walk."""
+    return max((row["id"] for row in rows if isinstance(row, dict) and isinstance(row.get("id"), int)), default=0)
+
+
 # --- date-times ----------------------------------------------------------------------------------------
 
 
@@ -211,7 +218,7 @@ class RaynetClient:
         scheduled_till: datetime | None = None,
         modified_since: datetime | None = None,
         status: str | None = None,
-    ) -> list[dict]:
+    ) -> list[dict | UnreadableItem]:
         """Activities overlapping [scheduled_from, scheduled_till] and/or modified since a watermark.
 
         The window selects overlap: `scheduledTill[GE]=start` and `scheduledFrom[LE]=end`; both columns
@@ -232,7 +239,44 @@ class RaynetClient:
         if status is not None:
             filters["status"] = status
         rows = self._list_all(self._entity_path(entity), filters, walk_by_id=True)
-        return [self._activity(entity, row, owner_id=owner_id) for row in rows]
+        return [self._listed_activity(entity, row, owner_id=owner_id) for row in rows]
+
+    def list_activity_ids(
+        self, entity: str, *, scheduled_from: datetime, scheduled_till: datetime, after_id: int = 0
+    ) -> tuple[list[dict], int]:
+        """One page (1000 rows) of the ids in the window, from `after_id` on, and how many rows are left.
+
+        `view=rowInfo` returns "only status fields (created, modified, version…)" (reference §4): the
+        smallest listing that tells which records still exist, the way §7 (b) suggests finding
+        deletions. Its exact shape is UNCONFIRMED: only `id` and `rowInfo.updatedAt` are relied on, and
+        a row without an int id is left out (the record is then looked up, never taken as deleted).
+        """
+        params = {
+            "scheduledTill[GE]": format_datetime(scheduled_from, self.zone),
+            "scheduledFrom[LE]": format_datetime(scheduled_till, self.zone),
+            "view": "rowInfo",
+            "limit": PAGE_SIZE,
+            "sortColumn": "id",
+            "sortDirection": "ASC",
+        }
+        if after_id:
+            params["id[GT]"] = after_id
+        body = self._envelope(self._request("GET", self._entity_path(entity), params=params, iso=True))
+        rows = [row for row in body.get("data") or [] if isinstance(row, dict) and isinstance(row.get("id"), int)]
+        try:
+            total = int(body.get("totalCount") or 0)
+        except (TypeError, ValueError):
+            total = len(rows)
+        return rows, total
+
+    def _listed_activity(self, entity: str, row: Any, *, owner_id: int | None) -> dict | UnreadableItem:
+        """A list row as an activity, or as an UnreadableItem when it cannot be parsed: never the whole list."""
+        try:
+            if not isinstance(row, dict) or not isinstance(row.get("id"), int):
+                raise ValueError("the row has no numeric id")
+            return self._activity(entity, row, owner_id=owner_id)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            return unreadable(SIDE, row, error)
 
     def get_activity(self, entity: str, activity_id: int) -> dict | None:
         """The record, or None when Raynet answers 404 (deleted; there are no tombstones, reference §7)."""
@@ -275,10 +319,14 @@ class RaynetClient:
                 maybe_applied=True,
             ) from None
         if ext_id:
-            self._request("PUT", f"{self._entity_path(entity)}{activity_id}/extId/", body={"extId": ext_id})
+            self.tag_ext_id(entity, activity_id, ext_id)
         if update_fields:
             self.update_activity(entity, activity_id, update_fields)
         return activity_id
+
+    def tag_ext_id(self, entity: str, activity_id: int, ext_id: str) -> None:
+        """Add an external id (reference §2, External IDs); adding one the record already has changes nothing."""
+        self._request("PUT", f"{self._entity_path(entity)}{int(activity_id)}/extId/", body={"extId": ext_id})
 
     def update_activity(self, entity: str, activity_id: int, fields: dict) -> None:
         """Partial update with POST; Raynet sends no record back (reference §2).
@@ -492,7 +540,7 @@ class RaynetClient:
             if walk_by_id:
                 params.update(sortColumn="id", sortDirection="ASC")
                 if rows:
-                    params["id[GT]"] = rows[-1]["id"]
+                    params["id[GT]"] = last_id(rows)
             else:
                 params["offset"] = len(rows)
             body = self._envelope(self._request("GET", path, params=params, iso=True))

@@ -1,5 +1,5 @@
-"""The sync engine: `sync_organization` and `sync_mapping` are its public face."""
+"""The sync engine: `sync_organization`, `sync_mapping` and `mapping_dry_run` are its public face."""
 
-from syncapp.sync.service import sync_mapping, sync_organization
+from syncapp.sync.service import mapping_dry_run, sync_mapping, sync_organization
 
-__all__ = ["sync_mapping", "sync_organization"]
+__all__ = ["mapping_dry_run", "sync_mapping", "sync_organization"]

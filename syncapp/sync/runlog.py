@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from syncapp.models import EventLink, SyncLogEntry, SyncRun
+from syncapp.sync.reasons import Reason, render_reason_en
 
 TO_OUTLOOK = SyncLogEntry.Direction.TO_OUTLOOK
 TO_RAYNET = SyncLogEntry.Direction.TO_RAYNET
@@ -15,11 +16,13 @@ class RunLog:
     def __init__(self, run: SyncRun) -> None:
         self.run = run
         self.errors = 0
+        self.unreadable = 0
 
     def record(
         self,
         action: str,
-        reason: str,
+        reason: Reason,
+        params: dict | None = None,
         *,
         direction: str = NO_DIRECTION,
         link: EventLink | None = None,
@@ -28,22 +31,27 @@ class RunLog:
         details: dict | None = None,
     ) -> None:
         raynet_type, raynet_id = raynet or ((link.raynet_type, link.raynet_id) if link else ("", None))
+        params = params or {}
         SyncLogEntry.objects.create(
             organization_id=self.run.organization_id,
             run=self.run,
             link=link if link is not None and link.pk else None,
             raynet_type=raynet_type or "",
-            raynet_id=raynet_id,
+            raynet_id=raynet_id if isinstance(raynet_id, int) else None,
             outlook_event_id=outlook_id or (link.outlook_event_id if link else "") or "",
             direction=direction,
             action=action,
-            reason=reason,
+            reason=render_reason_en(reason, params),
+            reason_code=reason.value,
+            reason_params=params,
             details=details or {},
         )
         counts = self.run.counts.setdefault(direction, {})
         counts[action] = counts.get(action, 0) + 1
         if action == "error":
             self.errors += 1
+        if reason == Reason.UNREADABLE:
+            self.unreadable += 1
 
     def finish(self, status: str | None = None, error: str = "") -> SyncRun:
         run = self.run
@@ -52,11 +60,3 @@ class RunLog:
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "error", "finished_at", "counts"])
         return run
-
-    def summary(self) -> str:
-        parts = []
-        for direction, label in ((TO_OUTLOOK, "→ Outlook"), (TO_RAYNET, "→ Raynet"), (NO_DIRECTION, "other")):
-            counts = self.run.counts.get(direction) or {}
-            if counts:
-                parts.append(f"{label}: " + ", ".join(f"{n} {action}" for action, n in sorted(counts.items())))
-        return "; ".join(parts) or "no changes"

@@ -1,35 +1,44 @@
-"""The two ways to run a sync: a whole organization, or one mapping (used by jobs, the portal and the CLI)."""
+"""The ways to run a sync: a whole organization, one mapping, or a dry run of one mapping.
+
+Used by jobs, the portal and the CLI. This module alone writes UserMapping (cursors, health, the
+wait Raynet or Graph asked for) from the Outcome the engine returns, and the connections' outcome.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
-from syncapp.models import ConnectionStatus, Organization, SyncRun, UserMapping
-from syncapp.providers.base import ErrorKind, ProviderError
-from syncapp.sync.engine import MappingSync, RaynetDirectory, SideFailed
+from syncapp.models import ConnectionOutcome, ConnectionStatus, Organization, SyncRun, UserMapping
+from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem
+from syncapp.providers.outlook import OutlookClient
+from syncapp.providers.raynet import ENTITIES, RaynetClient
+from syncapp.sync.deletions import IdScan, scan_raynet_ids
+from syncapp.sync.engine import MappingPlan, MappingSync, Outcome
+from syncapp.sync.observe import RaynetDirectory, SideFailed
 from syncapp.sync.runlog import RunLog
 
 logger = logging.getLogger("syncapp.sync")
 
 MAILBOX_LOCK_BASE = 0x5259_0000_0000  # "RY": a namespace for pg advisory locks on mappings
+# A connection's "Working" and last success are written at most this often, not on every run.
+SUCCESS_RECORD_INTERVAL = timedelta(minutes=10)
 
 
-def make_clients(organization: Organization):
-    from syncapp.providers.outlook import OutlookClient
-    from syncapp.providers.raynet import RaynetClient
-
+def make_clients(organization: Organization) -> tuple[RaynetClient, OutlookClient]:
     return RaynetClient(organization.raynet), OutlookClient(organization.microsoft)
 
 
 def sync_organization(*, organization: Organization, trigger: str, full: bool = False) -> list[SyncRun]:
-    """Sync every enabled mapping; Raynet changes are listed once for the organization, then routed by owner."""
+    """Sync every enabled mapping; Raynet changes and ids are listed once for the organization, then routed."""
     mappings = list(organization.mappings.filter(enabled=True).order_by("pk"))
     if not mappings or not organization.policy.sync_enabled:
         return []
@@ -42,11 +51,26 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
     incremental = [m for m in mappings if not full and not needs_window_read(m)]
     try:
         changes = fetch_raynet_changes(raynet, since=min((m.raynet_cursor for m in incremental), default=None))
+        window = mappings[0].effective_policy(organization.policy).window()
+        id_scan = scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
     except ProviderError as error:
         return [failed_run(m, trigger, error) for m in mappings]
+    except Exception as exc:
+        # One malformed answer must not stop every mailbox silently: each records why and waits for the next run.
+        logger.exception("the Raynet listing of %s could not be read", organization)
+        error = ProviderError(
+            f"The organization's Raynet change listing could not be read ({type(exc).__name__}); "
+            "every mailbox waits for the next run.",
+            kind=ErrorKind.TRANSIENT,
+            side="raynet",
+        )
+        return [failed_run(m, trigger, error) for m in mappings]
+    unrouted = changes.pop(None, [])
     runs = []
     for mapping in mappings:
-        batch = changes.get(mapping.raynet_person_id, []) if mapping in incremental else None
+        batch = None
+        if mapping in incremental:
+            batch = changes.get(mapping.raynet_person_id, []) + (unrouted if mapping is incremental[0] else [])
         try:
             runs.append(
                 sync_mapping(
@@ -56,6 +80,7 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
                     clients=(raynet, outlook),
                     directory=directory,
                     raynet_changes=batch,
+                    id_scan=id_scan,
                     read_at=read_at,
                 )
             )
@@ -65,13 +90,21 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
     return runs
 
 
-def fetch_raynet_changes(raynet, *, since: datetime | None, owner_id: int | None = None) -> dict[int, list[dict]]:
-    """Meetings and events changed since `since`, by owner person id (one listing per type)."""
-    by_owner: dict[int, list[dict]] = {}
+def fetch_raynet_changes(
+    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None
+) -> dict[int | None, list]:
+    """Meetings and events changed since `since`, by owner person id (one listing per type).
+
+    A row that could not be read has no owner to route it by: it is filed under None.
+    """
+    by_owner: dict[int | None, list] = {}
     if since is None:
         return by_owner
-    for entity in ("meeting", "event"):
+    for entity in ENTITIES:
         for activity in raynet.list_activities(entity, owner_id=owner_id, modified_since=since):
+            if isinstance(activity, UnreadableItem):
+                by_owner.setdefault(owner_id, []).append(activity)
+                continue
             owner = activity.get("owner") or {}
             by_owner.setdefault(owner.get("id") if isinstance(owner, dict) else owner, []).append(activity)
     return by_owner
@@ -82,9 +115,10 @@ def sync_mapping(
     mapping: UserMapping,
     trigger: str,
     full: bool = False,
-    clients=None,
+    clients: tuple[RaynetClient, OutlookClient] | None = None,
     directory: RaynetDirectory | None = None,
-    raynet_changes: list[dict] | None = None,
+    raynet_changes: list | None = None,
+    id_scan: IdScan | None = None,
     read_at: datetime | None = None,
 ) -> SyncRun:
     """Sync one Raynet user with one mailbox. Never runs twice at once for the same mailbox."""
@@ -92,47 +126,82 @@ def sync_mapping(
         if not locked:
             return skipped_run(mapping, trigger, "Another sync of this mailbox is running.")
         mapping.refresh_from_db()
-        reason = not_ready_reason(mapping)
+        reason = not_ready_reason(mapping) or waiting_reason(mapping)
         if reason:
             return skipped_run(mapping, trigger, reason)
         raynet, outlook = clients or make_clients(mapping.organization)
         read_at = read_at or timezone.now()
         log = RunLog(SyncRun.objects.create(organization_id=mapping.organization_id, mapping=mapping, trigger=trigger))
+        deadline = time.monotonic() + settings.SYNC_RUN_DEADLINE
+        raynet.session.deadline = outlook.session.deadline = deadline
         try:
             if raynet_changes is None and not full and not needs_window_read(mapping):
                 owner = mapping.raynet_person_id
                 changes = fetch_raynet_changes(raynet, since=mapping.raynet_cursor, owner_id=owner)
                 raynet_changes = changes.get(owner, [])
-            released = engine_for(mapping, raynet, outlook, log, directory).run(
-                full=full, raynet_changes=raynet_changes
-            )
+            engine = engine_for(mapping, raynet, outlook, log, directory, deadline)
+            outcome = engine.run(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
         except (SideFailed, ProviderError) as failure:
-            return fail(mapping, log, failure)
+            return fail(mapping, log, failure, clients=(raynet, outlook))
         except Exception as exc:
             mapping.set_health(UserMapping.Health.ERROR, "The sync stopped on an internal error; support is notified.")
-            log.finish(SyncRun.Status.FAILED, f"Internal error: {exc!r}")
+            log.finish(SyncRun.Status.FAILED, f"Internal error: {type(exc).__name__}")
             raise
-        if released:
-            mapping.raynet_cursor = read_at
-        mapping.last_synced_at = timezone.now()
-        if mapping.health != UserMapping.Health.FLAGGED or released:
-            mapping.health, mapping.health_reason = health_after(log)
-        mapping.save()
+        record_outcome(mapping, outcome, log, read_at=read_at)
+        for client in (raynet, outlook):
+            note_success(client.connection)
         return log.finish()
 
 
+def record_outcome(mapping: UserMapping, outcome: Outcome, log: RunLog, *, read_at: datetime) -> None:
+    if outcome.released:
+        mapping.graph_delta_link = outcome.delta_link
+        mapping.graph_delta_window_start = outcome.window_start
+        mapping.raynet_cursor = read_at
+    if outcome.used_approval:
+        mapping.mass_delete_approved = False
+    mapping.not_before = outcome.not_before
+    mapping.last_synced_at = timezone.now()
+    if outcome.flag_reason:
+        mapping.health, mapping.health_reason = UserMapping.Health.FLAGGED, outcome.flag_reason
+    elif mapping.health != UserMapping.Health.FLAGGED or outcome.released:
+        mapping.health, mapping.health_reason = health_after(log, outcome)
+    mapping.save()
+
+
+def mapping_dry_run(*, mapping: UserMapping) -> MappingPlan:
+    """What the first (or next full) run of a mapping would do, enabled or not. Writes nothing.
+
+    Reading writes nothing by construction (observe.py, plan.py); the clients' own bookkeeping (the
+    Raynet budget numbers they keep on the connection row) is rolled back with everything else, so
+    the database is as it was.
+    """
+    if (
+        getattr(mapping.organization, "raynet", None) is None
+        or getattr(mapping.organization, "microsoft", None) is None
+    ):
+        # A ProviderError, as any other reason the preview cannot be read: the portal shows its words.
+        raise ProviderError("Raynet and Microsoft 365 must both be connected first.", kind=ErrorKind.VALIDATION)
+    raynet, outlook = make_clients(mapping.organization)
+    raynet.session.deadline = outlook.session.deadline = time.monotonic() + settings.SYNC_RUN_DEADLINE
+    with transaction.atomic():
+        engine = engine_for(mapping, raynet, outlook, None, None, None)
+        plan = engine.preview()
+        transaction.set_rollback(True)
+    return plan
+
+
 def needs_window_read(mapping: UserMapping) -> bool:
-    """Raynet keeps no tombstones: once a day (and first of all) a mapping reads its whole window."""
+    """Once a day (the window moves on) and first of all, a mapping reads its whole window."""
     window_start = mapping.effective_policy(mapping.organization.policy).window()[0]
     return mapping.raynet_cursor is None or mapping.graph_delta_window_start != window_start.date()
 
 
-def engine_for(mapping, raynet, outlook, log, directory) -> MappingSync:
+def engine_for(mapping, raynet, outlook, log, directory, deadline) -> MappingSync:
     policy = mapping.effective_policy(mapping.organization.policy)
-    mapped = {}
+    mapped = set()
     for other in mapping.organization.mappings.filter(enabled=True):
-        for email in (other.outlook_upn, other.raynet_email):
-            mapped[email.lower()] = other.raynet_person_id
+        mapped |= {other.outlook_upn.lower(), other.raynet_email.lower()}
     return MappingSync(
         mapping=mapping,
         policy=policy,
@@ -142,7 +211,8 @@ def engine_for(mapping, raynet, outlook, log, directory) -> MappingSync:
         zone=ZoneInfo(mapping.organization.raynet.timezone),
         window=policy.window(),
         directory=directory or RaynetDirectory(raynet),
-        mapped_person_by_email=mapped,
+        mapped_organizers=frozenset(mapped),
+        deadline=deadline,
     )
 
 
@@ -163,27 +233,63 @@ def not_ready_reason(mapping: UserMapping) -> str:
     return ""
 
 
-def health_after(log: RunLog) -> tuple[str, str]:
+def waiting_reason(mapping: UserMapping) -> str:
+    if mapping.not_before is not None and mapping.not_before > timezone.now():
+        return (
+            f"Raynet or Microsoft asked to wait; the next sync runs after {mapping.not_before:%Y-%m-%d %H:%M:%S} UTC."
+        )
+    return ""
+
+
+def health_after(log: RunLog, outcome: Outcome) -> tuple[str, str]:
     if log.errors:
         return UserMapping.Health.WARNING, f"{log.errors} event(s) could not be synced in the last run; see the log."
+    if log.unreadable:
+        return UserMapping.Health.WARNING, f"{log.unreadable} item(s) could not be read in the last run; see the log."
+    if outcome.not_before is not None:
+        return UserMapping.Health.WARNING, f"Throttled: the sync continues after {outcome.not_before:%H:%M:%S} UTC."
     return UserMapping.Health.OK, ""
 
 
-def fail(mapping: UserMapping, log: RunLog, failure: SideFailed | ProviderError) -> SyncRun:
+def fail(
+    mapping: UserMapping,
+    log: RunLog,
+    failure: SideFailed | ProviderError,
+    *,
+    clients: tuple[RaynetClient, OutlookClient] | None = None,
+) -> SyncRun:
     error = failure.error if isinstance(failure, SideFailed) else failure
     message = str(failure) if isinstance(failure, SideFailed) else error.message
     if error.kind == ErrorKind.BUDGET_SPENT:
         mapping.set_health(UserMapping.Health.WARNING, message)
         return log.finish(SyncRun.Status.SKIPPED, message)
-    if error.permanent:
-        # The error knows the connection that failed (ProviderError.side); the engine's wrapper may not.
-        side = error.side or getattr(failure, "side", "").lower()
-        target = mapping.organization.microsoft if side == "outlook" else mapping.organization.raynet
-        if error.kind == ErrorKind.AUTH:
-            target.record_failure(message, permanent=True)
+    target = failed_connection(mapping, error.side or getattr(failure, "side", ""), clients)
+    if error.kind == ErrorKind.AUTH and target is not None:
+        target.record_failure(message, permanent=True)  # only the admin can fix it: the connection stops
+    elif not error.permanent and target is not None:
+        target.record_failure(message, permanent=False)
+    if error.retry_after and error.retryable:
+        mapping.not_before = timezone.now() + timedelta(seconds=error.retry_after)
+        mapping.save(update_fields=["not_before"])
     mapping.set_health(UserMapping.Health.ERROR, message)
     logger.warning("sync of %s failed: %s", mapping, message)
     return log.finish(SyncRun.Status.FAILED, message)
+
+
+def failed_connection(mapping: UserMapping, side: str, clients) -> ConnectionOutcome | None:
+    """The connection that actually failed, by the error's side (never guessed as Raynet)."""
+    if side not in ("raynet", "outlook"):
+        return None
+    if clients is not None:
+        return clients[0].connection if side == "raynet" else clients[1].connection
+    return mapping.organization.raynet if side == "raynet" else mapping.organization.microsoft
+
+
+def note_success(connection_row: ConnectionOutcome) -> None:
+    """Status Working and the last success, written when they change or have grown old (not on every run)."""
+    last = connection_row.last_success_at
+    if connection_row.status != ConnectionStatus.OK or last is None or timezone.now() - last > SUCCESS_RECORD_INTERVAL:
+        connection_row.record_success()
 
 
 def skipped_run(mapping: UserMapping, trigger: str, reason: str) -> SyncRun:
@@ -199,7 +305,7 @@ def skipped_run(mapping: UserMapping, trigger: str, reason: str) -> SyncRun:
 
 def failed_run(mapping: UserMapping, trigger: str, error: ProviderError) -> SyncRun:
     log = RunLog(SyncRun.objects.create(organization_id=mapping.organization_id, mapping=mapping, trigger=trigger))
-    return fail(mapping, log, SideFailed("Raynet", error))
+    return fail(mapping, log, SideFailed(error.side or "raynet", error))
 
 
 @contextmanager

@@ -1,0 +1,92 @@
+"""Finding Raynet deletions on the next poll: Raynet keeps no tombstones (reference §7).
+
+Each poll of an organization lists the ids of the activities in the window, the minimal listing
+(`view=rowInfo`, 1,000 rows a page) the reference suggests; a linked record in the window whose id
+the listing covered but did not show is then fetched, and 404 means deleted. While the window holds
+at most one page per type that is one request per type and poll. Beyond that the pages are read in
+rotation, a few per poll, so that the idle cost stays small and every page is read at least once an
+hour (RAYNET_DELETION_CHECK_SECONDS); the position is kept on the connection row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from syncapp.models import EventLink, RaynetConnection
+from syncapp.providers.raynet import ENTITIES, RaynetClient
+
+
+@dataclass
+class TypeScan:
+    ids: set[int] = field(default_factory=set)
+    ranges: list[tuple[int, int | None]] = field(default_factory=list)  # (after, up to and including; None = ∞)
+
+    def covers(self, record_id: int) -> bool:
+        return any(record_id > low and (high is None or record_id <= high) for low, high in self.ranges)
+
+
+@dataclass
+class IdScan:
+    """Which Raynet ids in the window exist, for the ranges of ids this poll listed."""
+
+    read_at: datetime
+    types: dict[str, TypeScan] = field(default_factory=dict)
+
+    def misses(self, link: EventLink) -> bool:
+        """Whether the listing should have shown the link's record but did not (a deletion, or it moved)."""
+        scan = self.types.get(link.raynet_type)
+        if scan is None or link.raynet_id is None or link.created >= self.read_at:
+            return False  # a link made after the listing may point at a record made after it too
+        return scan.covers(link.raynet_id) and link.raynet_id not in scan.ids
+
+
+def scan_raynet_ids(*, raynet: RaynetClient, connection: RaynetConnection, window: tuple[datetime, datetime]) -> IdScan:
+    read_at = timezone.now()
+    state = dict(connection.deletion_scan or {})
+    scan = IdScan(read_at=read_at)
+    for entity in ENTITIES:
+        scan.types[entity], state[entity] = scan_type(raynet, entity, window, state.get(entity) or {}, read_at)
+    if state != (connection.deletion_scan or {}):
+        connection.deletion_scan = state
+        connection.save(update_fields=["deletion_scan"])
+    return scan
+
+
+def scan_type(raynet: RaynetClient, entity: str, window, state: dict, read_at: datetime) -> tuple[TypeScan, dict]:
+    """Read this poll's share of the pages, from where the last poll stopped; the new position."""
+    after, cycle_pages = int(state.get("after") or 0), int(state.get("pages") or 1)
+    pages_now = pages_this_poll(cycle_pages, state.get("at"), read_at)
+    scan, read, pages_in_cycle = TypeScan(), 0, int(state.get("in_cycle") or 0)
+    while read < pages_now:
+        rows, left = raynet.list_activity_ids(
+            entity, scheduled_from=window[0], scheduled_till=window[1], after_id=after
+        )
+        read += 1
+        pages_in_cycle += 1
+        scan.ids.update(row["id"] for row in rows)
+        last_page = left <= len(rows) or not rows
+        high = None if last_page else max(row["id"] for row in rows)
+        scan.ranges.append((after, high))
+        if last_page:
+            cycle_pages, pages_in_cycle, after = pages_in_cycle, 0, 0
+            if cycle_pages == 1 or read >= pages_now:
+                break
+        else:
+            after = high
+    if cycle_pages == 1 and after == 0:
+        return scan, {"after": 0, "pages": 1}  # one page holds the window: nothing to remember but that
+    return scan, {"after": after, "pages": cycle_pages, "in_cycle": pages_in_cycle, "at": read_at.isoformat()}
+
+
+def pages_this_poll(cycle_pages: int, last_at: str | None, now: datetime) -> int:
+    """Enough pages that a whole cycle takes no longer than RAYNET_DELETION_CHECK_SECONDS at this poll rate."""
+    if cycle_pages <= 1 or not last_at:
+        return 1
+    elapsed = max(1.0, (now - datetime.fromisoformat(last_at)).total_seconds())
+    share = cycle_pages * elapsed / settings.RAYNET_DELETION_CHECK_SECONDS
+    return max(1, min(cycle_pages, math.ceil(share)))
