@@ -25,7 +25,6 @@ from tests.sync_fixtures import soon
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HTML = "<p>Agenda: <b>pricing</b></p><ul><li>one</li><li>two</li></ul>"
-NOT_YET = "fixed by engine v2 (issue 8: orphan adoption / intents before each write)"
 
 
 @dataclass
@@ -342,17 +341,11 @@ POINTS = [
         raynet_restored,
     ),
 ]
-# Points today's engine fails (issue 8 says: reproduce first); the xfail goes when engine v2 lands.
-FAILING_ON_MAIN = {"Outlook PATCH", "Raynet create (PUT)", "Raynet ext-id"}
+# Before engine v2, "Outlook PATCH" (HTML flattened, our PATCH taken for a conflict), "Raynet create (PUT)"
+# (two records, two events) and "Raynet ext-id" (place and participants never written) failed here.
 
 
-def point_params():
-    for point in POINTS:
-        marks = [pytest.mark.xfail(strict=True, reason=NOT_YET)] if point.name in FAILING_ON_MAIN else []
-        yield pytest.param(point, id=re.sub(r"\W+", "-", point.name.lower()).strip("-"), marks=marks)
-
-
-@pytest.mark.parametrize("point", list(point_params()))
+@pytest.mark.parametrize("point", POINTS, ids=[re.sub(r"\W+", "-", point.name.lower()).strip("-") for point in POINTS])
 def test_a_sync_killed_right_after_an_accepted_write_converges_without_duplicates(http_world, point):
     world = http_world
     point.setup(world)

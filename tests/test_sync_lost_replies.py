@@ -15,8 +15,6 @@ from tests.sync_fixtures import soon
 
 pytestmark = pytest.mark.django_db
 
-ENGINE_V2 = "fixed by engine v2 (issue 8 point 2: orphan adoption after a lost reply)"
-
 # The sandbox carries the request out, then the reply is lost: a 503, or the connection breaks.
 LOST_REPLIES = {
     "503 after processing": {"status": 503, "after": True},
@@ -40,7 +38,6 @@ def only_workshop(world) -> dict:
 
 
 @pytest.mark.parametrize("loss", list(LOST_REPLIES), ids=list(LOST_REPLIES))
-@pytest.mark.xfail(strict=True, reason=ENGINE_V2)
 def test_a_raynet_create_whose_reply_is_lost_leaves_exactly_one_record(world, loss):
     world.outlook.person_create_event(
         world.alice.mailbox_id, "Workshop", soon(4, 13), soon(4, 15), location="Room 1", attendees=["jan@customer.test"]
@@ -100,7 +97,6 @@ def simulated_clock(monkeypatch, retry_waits) -> list[float]:
     return retry_waits
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by engine v2 (issue 8 point 7: SYNC_RUN_DEADLINE, not_before)")
 def test_a_retry_after_storm_stops_the_run_at_its_deadline_and_the_next_run_continues(
     world, settings, simulated_clock, monkeypatch
 ):

@@ -61,9 +61,6 @@ def test_two_processes_syncing_one_organization_at_once_make_no_duplicate(http_w
     assert outputs.count("Acme s.r.o. / ") == 4
 
 
-@pytest.mark.xfail(
-    strict=True, reason="fixed by engine v2 (issue 8 point 5: Raynet changes re-validated under the lock)"
-)
 def test_a_listing_gone_stale_while_another_process_synced_a_newer_edit_does_not_bring_the_old_version_back(
     http_world,
 ):
