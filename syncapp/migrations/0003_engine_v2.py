@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('syncapp', '0002_portal'),
+        ('syncapp', '0003_raynet_budget_days'),
     ]
 
     operations = [
