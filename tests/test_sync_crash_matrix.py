@@ -29,7 +29,7 @@ HTML = "<p>Agenda: <b>pricing</b></p><ul><li>one</li><li>two</li></ul>"
 
 @dataclass
 class Point:
-    """Where the process dies: after the `skip`+1-th `method` request to `side` whose path matches `path`."""
+    """Where the process dies: after the first `method` request to `side` whose path matches `path`."""
 
     name: str
     side: str  # "raynet" or "outlook"
@@ -37,8 +37,6 @@ class Point:
     path: str
     setup: Callable[[HttpWorld], None]
     check: Callable[[HttpWorld], list[str]]  # the fields lost (words), empty when nothing is missing
-    args: tuple[str, ...] = ()
-    skip: int = 0
 
 
 # --- scenarios: what exists before the killed run, and what must exist after the reruns --------------------
@@ -353,9 +351,7 @@ def test_a_sync_killed_right_after_an_accepted_write_converges_without_duplicate
     with world.acting():
         sandbox = world.raynet if point.side == "raynet" else world.outlook
         # Armed while this test holds the sandbox row: the process cannot reach the sandbox before it is armed.
-        process = world.start_sync(*point.args)
-        if point.skip:
-            sandbox.inject_fault(0, times=point.skip, method=point.method, path=point.path)
+        process = world.start_sync()
         sandbox.inject_fault(0, method=point.method, path=point.path, kill=process.pid)
     process.communicate(timeout=60)
     world.reload()
