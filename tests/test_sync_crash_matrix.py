@@ -114,12 +114,14 @@ def raynet_event_synced_then_cancelled(world: HttpWorld) -> None:
         world.raynet.ui_cancel_activity("event", record["id"])
 
 
+def link_not_closed(world: HttpWorld) -> list[str]:
+    return [] if [link.state for link in world.links()] == [EventLink.State.DELETED] else ["the link is not closed"]
+
+
 def outlook_event_gone(world: HttpWorld) -> list[str]:
     live = [e["subject"] for e in world.outlook_events(world.alice) if not e.get("isCancelled")]
     lost = [f"Outlook still shows {live}"] if live else []
-    if [link.state for link in world.links()] != [EventLink.State.DELETED]:
-        lost.append("the link is not closed")
-    return lost
+    return lost + link_not_closed(world)
 
 
 def raynet_meeting_synced_then_cancelled(world: HttpWorld) -> None:
@@ -212,17 +214,13 @@ def outlook_event_deleted_policy_delete(world: HttpWorld) -> None:
 def raynet_cancelled_once(world: HttpWorld) -> list[str]:
     statuses = [record["status"] for record in world.raynet_events()]
     lost = [] if statuses == ["CANCELLED"] else [f"Raynet statuses {statuses}"]
-    if [link.state for link in world.links()] != [EventLink.State.DELETED]:
-        lost.append("the link is not closed")
-    return lost
+    return lost + link_not_closed(world)
 
 
 def raynet_deleted(world: HttpWorld) -> list[str]:
     records = [record["title"] for record in world.raynet_events()]
     lost = [] if not records else [f"Raynet still has {records}"]
-    if [link.state for link in world.links()] != [EventLink.State.DELETED]:
-        lost.append("the link is not closed")
-    return lost
+    return lost + link_not_closed(world)
 
 
 def outlook_series_synced_then_raynet_edits_a_copy(world: HttpWorld) -> None:
