@@ -25,7 +25,6 @@ from tests.sync_fixtures import soon
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HTML = "<p>Agenda: <b>pricing</b></p><ul><li>one</li><li>two</li></ul>"
-NOT_YET = "fixed by engine v2 (issue 8: orphan adoption / intents before each write)"
 
 
 @dataclass
@@ -342,14 +341,11 @@ POINTS = [
         raynet_restored,
     ),
 ]
-# Points today's engine fails (issue 8 says: reproduce first); the xfail goes when engine v2 lands.
-FAILING_ON_MAIN = {"Outlook PATCH", "Raynet create (PUT)", "Raynet ext-id"}
 
 
 def point_params():
     for point in POINTS:
-        marks = [pytest.mark.xfail(strict=True, reason=NOT_YET)] if point.name in FAILING_ON_MAIN else []
-        yield pytest.param(point, id=re.sub(r"\W+", "-", point.name.lower()).strip("-"), marks=marks)
+        yield pytest.param(point, id=re.sub(r"\W+", "-", point.name.lower()).strip("-"))
 
 
 @pytest.mark.parametrize("point", list(point_params()))
