@@ -62,3 +62,20 @@ def test_the_sandbox_is_not_served_when_switched_off(client, settings):
         settings.SANDBOX_ENABLED = True
         importlib.reload(portal.urls)
         clear_url_caches()
+
+
+def test_a_kill_fault_carries_the_write_out_then_the_in_process_client_dies_before_the_reply(
+    raynet_sandbox, raynet_connection, jana
+):
+    from syncapp.sandbox.base import ClientKilled
+
+    raynet_sandbox.inject_fault(0, method="PUT", path=r"^event/$", kill=True)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=1)
+    fields = {"title": "Kept", "priority": "DEFAULT", "owner": jana, "scheduledFrom": start}
+
+    with pytest.raises(ClientKilled):  # a BaseException: no `except Exception` of the client stops it
+        RaynetClient(raynet_connection).create_activity("event", {**fields, "scheduledTill": start})
+
+    assert [record["title"] for record in raynet_sandbox.activities("event")] == ["Kept"]
+    assert raynet_sandbox.state["kills"] == [["PUT", "event/"]]
+    assert raynet_sandbox.count("PUT") == 1

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from syncapp.models import EventLink, SyncRun
 from syncapp.providers.outlook import OutlookClient, reset_token_apps
 from syncapp.providers.raynet import RaynetClient
+from syncapp.sandbox.base import ClientKilled
 from syncapp.sync import sync_organization
 from tests.outlook_fixtures import GRAPH_HOST, LOGIN_HOST, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET
 from tests.sync_fixtures import build_world, soon
@@ -64,6 +65,16 @@ outlook_actions = st.one_of(
     st.tuples(st.just("outlook occurrence move"), pick, st.integers(0, 2), st.integers(-2, 2)),
     st.tuples(st.just("outlook occurrence delete"), pick, st.integers(0, 2)),
 )
+# Every kind of write, as (side, method): Raynet PUT creates and tags, POST updates (participants too),
+# DELETE deletes; Graph POST creates and cancels, PATCH updates, DELETE deletes.
+WRITE_POINTS = [("raynet", m) for m in ("PUT", "POST", "DELETE")] + [
+    ("outlook", m) for m in ("POST", "PATCH", "DELETE")
+]
+LOSSES = {
+    "503": {"status": 503},
+    "reset": {"status": 0, "disconnect": "reset"},
+    "timeout": {"status": 0, "disconnect": "timeout"},
+}
 sync_actions = st.one_of(
     st.tuples(st.just("sync")),
     st.tuples(
@@ -78,6 +89,19 @@ sync_actions = st.one_of(
         st.sampled_from(["outlook create", "outlook update", "raynet create", "raynet update", "link save"]),
         st.sampled_from(["before", "after"]),
         st.integers(min_value=0, max_value=2),  # how many such calls pass first
+    ),
+    # The sandbox carries a write out, then its reply is lost (503, a broken connection, a timeout), or the
+    # worker dies right after the sandbox accepted it (ClientKilled, as SIGKILL): at every write point.
+    st.tuples(
+        st.just("sync with a lost reply"),
+        st.sampled_from(WRITE_POINTS),
+        st.integers(min_value=0, max_value=4),  # how many such writes pass first
+        st.sampled_from(["503", "reset", "timeout"]),
+    ),
+    st.tuples(
+        st.just("sync killed after a write"),
+        st.sampled_from(WRITE_POINTS),
+        st.integers(min_value=0, max_value=4),
     ),
 )
 actions = st.lists(
@@ -271,6 +295,27 @@ class Player:
         sandbox.inject_fault(503, times=failing, method=method, path=path)
         sync_organization(organization=self.world.org, trigger=SyncRun.Trigger.MANUAL)
         sandbox.state["faults"].clear()
+
+    def write_fault(self, point: tuple[str, str], passing: int, **fault) -> None:
+        """The first `passing` writes of this kind go through, the next one meets `fault`; then one run."""
+        side, method = point
+        sandbox = self.world.raynet if side == "raynet" else self.world.outlook
+        path = None if side == "raynet" else r"^v1\.0/users"
+        if passing:
+            sandbox.inject_fault(0, times=passing, method=method, path=path)
+        sandbox.inject_fault(method=method, path=path, **fault)
+        try:
+            sync_organization(organization=self.world.org, trigger=SyncRun.Trigger.MANUAL)
+        except ClientKilled:
+            pass
+        finally:
+            sandbox.state["faults"].clear()
+
+    def sync_with_a_lost_reply(self, point: tuple[str, str], passing: int, loss: str) -> None:
+        self.write_fault(point, passing, after=True, **LOSSES[loss])
+
+    def sync_killed_after_a_write(self, point: tuple[str, str], passing: int) -> None:
+        self.write_fault(point, passing, status=0, kill=True)
 
     def sync_that_crashes(self, point: str, when: str, passing: int) -> None:
         cls, name = CRASH_POINTS[point]

@@ -56,6 +56,7 @@ class SandboxResponse:
     disconnect: str = ""
     # The client dies before it reads this reply: a process id to SIGKILL, or True in-process (see kill_client).
     kill: int | bool = False
+    hold: tuple[int, float] | None = None  # (hold number, at most seconds): see Sandbox.inject_fault
 
     def encoded(self) -> tuple[bytes, str]:
         if self.body is None:
@@ -106,6 +107,7 @@ class Sandbox:
         after: bool = False,
         disconnect: str = "",
         kill: int | bool = False,
+        hold: float = 0.0,
     ) -> None:
         """The next `times` matching requests fail with `status` (status 0: only slow, then served).
 
@@ -117,6 +119,9 @@ class Sandbox:
         after an accepted write). The HTTP front SIGKILLs process `kill` (a pid) once the write is stored;
         the `responses` front raises ClientKilled in the caller, which no `except Exception` stops. Each
         kill is noted in `state["kills"]` as [method, path].
+        `hold` (HTTP front): the request is served, then its reply waits (outside the state's lock) until
+        `release_hold(n)` or `hold` seconds, so others can act between a read and what its reader does next;
+        hold n is noted as `state["holds"][n]` = [method, path] once the reply is ready.
         """
         if disconnect not in ("", "refused", "reset", "timeout"):
             raise ValueError(f"unknown disconnect {disconnect!r}")
@@ -132,6 +137,7 @@ class Sandbox:
                 "after": after or bool(kill),
                 "disconnect": disconnect,
                 "kill": kill,
+                "hold": hold,
             }
         )
 
@@ -164,7 +170,17 @@ class Sandbox:
             return SandboxResponse(504, None, disconnect=fault["disconnect"])
         if fault and fault["status"]:
             return SandboxResponse(fault["status"], fault["body"], dict(fault["headers"]))
-        return self.serve(request)
+        reply = self.serve(request)
+        if fault and fault.get("hold"):
+            with self.lock:
+                holds = self.state.setdefault("holds", [])
+                holds.append([request.method, request.path])
+            reply.hold = (len(holds) - 1, fault["hold"])
+        return reply
+
+    def release_hold(self, number: int) -> None:
+        """The reply held as hold `number` may go (see inject_fault's `hold`)."""
+        self.state.setdefault("released", []).append(number)
 
     def serve(self, request: SandboxRequest) -> SandboxResponse:
         """Answer one request; the default holds the lock for the whole request."""
@@ -244,6 +260,18 @@ def kill_client(pid: int, *, wait: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def wait_for_release(name: str, number: int, seconds: float) -> None:
+    """Hold a reply until the stored state lists `number` as released (read without locking the row)."""
+    from syncapp.models import SandboxState
+
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up:
+        data = SandboxState.objects.filter(name=name).values_list("data", flat=True).first() or {}
+        if number in data.get("released", []):
+            return
+        time.sleep(0.05)
+
+
 @contextmanager
 def stored_sandbox(sandbox_class: type[Sandbox], key: str) -> Iterator[Sandbox]:
     """A sandbox whose state lives in PostgreSQL, locked for the duration (HTTP front)."""
@@ -276,6 +304,8 @@ def make_sandbox_view(sandbox_class: type[Sandbox]):
             reply = sandbox.handle(sandbox_request)
         if reply.kill:
             kill_client(reply.kill)  # only now: the write is committed, the reply not yet sent
+        if reply.hold:
+            wait_for_release(f"{sandbox_class.name}:{key}", *reply.hold)
         data, content_type = reply.encoded()
         response = HttpResponse(data, status=reply.status, content_type=content_type)
         for name, value in reply.headers.items():
