@@ -30,18 +30,23 @@ def wait_for(condition, *, seconds: float) -> bool:
     return False
 
 
-def test_a_real_worker_runs_a_scheduled_sync_and_stops_within_10_s_of_sigterm(http_world, monkeypatch):
-    monkeypatch.setattr(Conf, "SYNC", False)  # the schedule's task goes to the broker, for the worker process
-    with http_world.acting() as world:
-        world.raynet.ui_create_activity("meeting", world.alice.person_id, "Board meeting", soon(2), soon(2, 11))
-    worker = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
+def start_manage(http_world, *args: str) -> subprocess.Popen:
+    """`manage.py ARGS` on the test database, talking to the world's sandboxes; one worker process."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env=http_world.sync_env(Q_WORKERS="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_a_real_worker_runs_a_scheduled_sync_and_stops_within_10_s_of_sigterm(http_world, monkeypatch):
+    monkeypatch.setattr(Conf, "SYNC", False)  # the schedule's task goes to the broker, for the worker process
+    with http_world.acting() as world:
+        world.raynet.ui_create_activity("meeting", world.alice.person_id, "Board meeting", soon(2), soon(2, 11))
+    worker = start_manage(http_world, "qcluster")
     try:
         Schedule.objects.create(
             name="test: poll now",
@@ -77,14 +82,7 @@ def free_port() -> int:
 
 def test_run_portal_serves_and_works_and_sigterm_stops_both_within_10_s(http_world):
     port = free_port()
-    portal = subprocess.Popen(
-        [sys.executable, "manage.py", "run_portal", f"127.0.0.1:{port}", "--noreload"],
-        cwd=ROOT,
-        env=http_world.sync_env(Q_WORKERS="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    portal = start_manage(http_world, "run_portal", f"127.0.0.1:{port}", "--noreload")
     try:
 
         def serving() -> bool:
