@@ -54,10 +54,13 @@ def graph_client_state(mapping: UserMapping) -> str:
 def mailbox_subscribe(*, mapping: UserMapping) -> bool:
     """Create (or renew) the Graph subscription of an enabled mailbox. Returns whether one is live."""
     base, reason = public_base_url()
+    microsoft = getattr(mapping.organization, "microsoft", None)
+    if microsoft is None:
+        base, reason = "", "Change notifications start once Microsoft 365 is connected."
     if not base:
         record_subscription(mapping, "", None, reason)
         return False
-    client = OutlookClient(mapping.organization.microsoft)
+    client = OutlookClient(microsoft)
     expires_at = timezone.now() + SUBSCRIPTION_LIFETIME
     if mapping.subscription_id:
         try:
