@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint migrate worker stopdb clean catalogues messages
+.PHONY: run test bench lint migrate worker stopdb clean catalogues messages
 
 $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ worker: migrate
 
 test: catalogues
 	$(PY) -m pytest
+
+# Issue 12's performance figures (not part of `make test`; see tests/bench/__main__.py).
+bench: $(VENV)/.installed
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 # After changing a string in code or templates: refresh the catalogue, translate, `make test` checks it.
 messages: $(VENV)/.installed

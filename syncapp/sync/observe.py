@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from syncapp.models import EffectivePolicy, EventLink, UserMapping
+from syncapp.models import EffectivePolicy, EventLink, Organization, UserMapping
 from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem, unreadable
 from syncapp.providers.outlook import DeltaResult, OutlookClient
 from syncapp.providers.raynet import RaynetClient
@@ -46,11 +46,25 @@ class Observation:
 
 
 class RaynetDirectory:
-    """The organization's Raynet users by e-mail, read once per run and only when needed."""
+    """The organization's people: Raynet users by e-mail and the mapped mailboxes' addresses.
 
-    def __init__(self, raynet: RaynetClient) -> None:
+    Read once per organization cycle (not once per mailbox: that made a cycle O(mailboxes²)), and
+    the Raynet users only when needed.
+    """
+
+    def __init__(self, raynet: RaynetClient, organization: Organization) -> None:
         self.raynet = raynet
+        self.organization = organization
         self._by_email: dict[str, int] | None = None
+        self._mapped: frozenset[str] | None = None
+
+    @property
+    def mapped_organizers(self) -> frozenset[str]:
+        """E-mails of every enabled mapping: such an organizer's meetings sync from their own mailbox."""
+        if self._mapped is None:
+            addresses = self.organization.mappings.filter(enabled=True).values_list("outlook_upn", "raynet_email")
+            self._mapped = frozenset(email.lower() for pair in addresses for email in pair)
+        return self._mapped
 
     def user_person(self, email: str) -> int | None:
         if self._by_email is None:

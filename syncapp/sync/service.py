@@ -46,7 +46,7 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
         # Nothing can be read (a connection missing, stopped or paused): each mapping records why.
         return [sync_mapping(mapping=mapping, trigger=trigger) for mapping in mappings]
     raynet, outlook = make_clients(organization)
-    directory = RaynetDirectory(raynet)
+    directory = RaynetDirectory(raynet, organization)
     read_at = timezone.now()
     incremental = [m for m in mappings if not full and not needs_window_read(m)]
     try:
@@ -199,9 +199,7 @@ def needs_window_read(mapping: UserMapping) -> bool:
 
 def engine_for(mapping, raynet, outlook, log, directory, deadline) -> MappingSync:
     policy = mapping.effective_policy(mapping.organization.policy)
-    mapped = set()
-    for other in mapping.organization.mappings.filter(enabled=True):
-        mapped |= {other.outlook_upn.lower(), other.raynet_email.lower()}
+    directory = directory or RaynetDirectory(raynet, mapping.organization)
     return MappingSync(
         mapping=mapping,
         policy=policy,
@@ -210,8 +208,8 @@ def engine_for(mapping, raynet, outlook, log, directory, deadline) -> MappingSyn
         log=log,
         zone=ZoneInfo(mapping.organization.raynet.timezone),
         window=policy.window(),
-        directory=directory or RaynetDirectory(raynet),
-        mapped_organizers=frozenset(mapped),
+        directory=directory,
+        mapped_organizers=directory.mapped_organizers,
         deadline=deadline,
     )
 
