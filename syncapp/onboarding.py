@@ -31,6 +31,7 @@ from syncapp.models import (
 from syncapp.providers.base import ConnectionCheck, ErrorKind, ProviderError
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient, RaynetUser
+from syncapp.sync.service import mapping_dry_run
 
 CONSENT_STATE_SALT = "syncapp.microsoft-consent"
 CONSENT_STATE_MAX_AGE = 3600  # seconds an admin has to finish Microsoft's consent page
@@ -424,16 +425,13 @@ class PreviewPlan:
     error: str = ""
 
 
-def preview_plans(*, mappings: list[UserMapping]) -> list[PreviewPlan] | None:
-    """The engine's dry run per mailbox (it writes nothing); None while the engine has not landed it."""
-    dry_run = contract("syncapp.sync.service", "mapping_dry_run")
-    if dry_run is None:
-        return None
+def preview_plans(*, mappings: list[UserMapping]) -> list[PreviewPlan]:
+    """The engine's dry run per mailbox (it writes nothing to either API or the database)."""
     plans = []
     domains = organization_domains(mappings[0].organization) if mappings else set()
     for mapping in mappings:
         try:
-            plan = dry_run(mapping=mapping)
+            plan = mapping_dry_run(mapping=mapping)
         except ProviderError as error:
             plans.append(PreviewPlan(mapping, {}, [], error.message))
             continue

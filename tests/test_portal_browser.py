@@ -195,6 +195,8 @@ def test_an_admin_goes_from_nothing_to_a_synced_event_in_the_browser(live_server
     page.click("main button[type=submit]")
     page.wait_for_url("**/setup/preview/")
     assert words["preview"] in page.inner_text("h1")
+    outlook_row = page.locator("section.panel tbody tr").first.locator("td")
+    assert outlook_row.all_inner_texts() == ["1", "0", "0"]  # the dry run: Alice's meeting goes to Outlook
     shot("preview")
 
     page.click("main form button[type=submit]")

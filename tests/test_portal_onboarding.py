@@ -337,8 +337,9 @@ class FakePlan:
 def test_the_preview_shows_counts_and_invitations_with_external_addresses_highlighted(
     connected_org, client, monkeypatch
 ):
-    import types
     from datetime import UTC, datetime
+
+    from syncapp import onboarding
 
     mapping = UserMapping.objects.create(
         organization=connected_org,
@@ -351,8 +352,7 @@ def test_the_preview_shows_counts_and_invitations_with_external_addresses_highli
     )
     seen = []
     invitations = [("Kick-off <b>", datetime(2026, 12, 3, 9, tzinfo=UTC), ["bob@acme.test", "jan@customer.test"])]
-    fake = types.SimpleNamespace(mapping_dry_run=lambda *, mapping: seen.append(mapping) or FakePlan(invitations))
-    monkeypatch.setitem(__import__("sys").modules, "syncapp.sync.service", fake)
+    monkeypatch.setattr(onboarding, "mapping_dry_run", lambda *, mapping: seen.append(mapping) or FakePlan(invitations))
 
     page = page_text(client.get(f"/org/{connected_org.code}/setup/preview/"))
 
