@@ -26,8 +26,9 @@ from syncapp.sync.service import MAILBOX_LOCK_BASE, sync_mapping, sync_organizat
 
 logger = logging.getLogger("syncapp.jobs")
 
-# A retry of a failed run waits at least this long when the API named no time.
+# A retry of a failed run waits at least this long, doubled after each further failure in a row, up to the cap.
 RETRY_BACKOFF = timedelta(minutes=1)
+RETRY_BACKOFF_MAX = timedelta(minutes=30)
 # Part of the daily Raynet budget the poll leaves for notifications, webhooks and the admins' "sync now".
 BUDGET_RESERVE = 0.1
 # Raynet requests one poll of an organization costs: two change listings, the deletion id scan, a few reads.
@@ -136,7 +137,7 @@ def schedule_retry(*, mapping: UserMapping) -> datetime | None:
     if any(c is None or c.status == ConnectionStatus.DISABLED for c in connections):
         return None  # a permanent error stopped a connection: nothing is retried until an admin acts
     now = timezone.now()
-    at = max(mapping.not_before or now, now + RETRY_BACKOFF)
+    at = max(mapping.not_before or now, now + retry_backoff(mapping))
     schedule(
         "syncapp.tasks.retry_mapping_task",
         mapping.pk,
@@ -146,6 +147,17 @@ def schedule_retry(*, mapping: UserMapping) -> datetime | None:
         repeats=1,
     )
     return at
+
+
+def retry_backoff(mapping: UserMapping) -> timedelta:
+    """1, 2, 4 … minutes by the failed runs in a row (the latest ones), at most RETRY_BACKOFF_MAX."""
+    recent = mapping.runs.exclude(status=SyncRun.Status.SKIPPED).order_by("-started_at")[:6]
+    failures = 0
+    for run in recent.values_list("status", flat=True):
+        if run != SyncRun.Status.FAILED:
+            break
+        failures += 1
+    return min(RETRY_BACKOFF * 2 ** max(failures - 1, 0), RETRY_BACKOFF_MAX)
 
 
 # --- the poll -----------------------------------------------------------------------------------------

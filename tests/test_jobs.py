@@ -82,6 +82,22 @@ def test_a_transient_failure_is_retried_when_the_api_allows(world, queued):
     assert retry.next_run > timezone.now() + timedelta(seconds=100)  # Retry-After: 120 s honoured
 
 
+def test_the_retry_backoff_doubles_with_failures_in_a_row(world):
+    mapping = world.alice.mapping
+    assert jobs.retry_backoff(mapping) == timedelta(minutes=1)
+    for minutes_ago in (30, 20, 10):
+        SyncRun.objects.create(
+            organization=world.org,
+            mapping=mapping,
+            trigger="schedule",
+            status=SyncRun.Status.FAILED,
+            started_at=timezone.now() - timedelta(minutes=minutes_ago),
+        )
+    assert jobs.retry_backoff(mapping) == timedelta(minutes=4)
+    SyncRun.objects.create(organization=world.org, mapping=mapping, trigger="schedule", status=SyncRun.Status.OK)
+    assert jobs.retry_backoff(mapping) == timedelta(minutes=1)
+
+
 def test_a_permanent_failure_sets_health_and_is_not_retried(world, queued):
     mapping = world.alice.mapping
     world.outlook.revoke_consent(world.org.microsoft.tenant_id)
