@@ -20,11 +20,15 @@ migrate: catalogues
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py createcachetable
 
+# The web server and the background worker together, in the foreground; Ctrl-C stops both.
 run: migrate
+	$(PY) manage.py setup_schedules
 	@echo "Portal: http://127.0.0.1:$(PORT)/  (admin: http://127.0.0.1:$(PORT)/admin/)"
-	$(PY) manage.py runserver 127.0.0.1:$(PORT)
+	$(PY) manage.py run_portal 127.0.0.1:$(PORT)
 
+# The worker alone (a second machine, or with the web server run elsewhere).
 worker: migrate
+	$(PY) manage.py setup_schedules
 	$(PY) manage.py qcluster
 
 test: catalogues

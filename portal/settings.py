@@ -188,16 +188,39 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
 
-# Background work: django-q2 with the ORM broker on the same PostgreSQL database.
+# Background work: django-q2. The ORM broker on the same PostgreSQL database by default; Q_BROKER_URL=redis://...
+# switches to the Redis broker for larger installs (nothing else changes).
+Q_BROKER_URL = envstr("Q_BROKER_URL")
+# A worker kills a task after `timeout` s: longer than a sync run's own deadline, so a run stops between items
+# by itself first. The ORM broker hands a task out again when it is not acknowledged within `retry` s: longer
+# than `timeout`, or a slow task would run twice at once. A task that raised is tried `max_attempts` times in all.
+Q_TIMEOUT = SYNC_RUN_DEADLINE + 60
 Q_CLUSTER = {
     "name": "raysync",
-    "orm": "default",
     "workers": envint("Q_WORKERS", 2),
-    "timeout": 600,
-    "retry": 720,
-    "max_attempts": 1,
+    "timeout": Q_TIMEOUT,
+    "retry": Q_TIMEOUT + 120,
+    "max_attempts": 2,
+    # A failed task is acknowledged (taken off the queue) and kept in the Failed list: our tasks record their
+    # own failures on the mapping and schedule their own retry at the time the API asked for (Retry-After),
+    # so the broker must not also hand it out again at once.
+    "ack_failures": True,
     "catch_up": False,
+    # The guard loop checks for a stop request this often; the pusher waits this long for an empty queue.
+    "guard_cycle": 0.5,
+    "poll": 0.5,
+    "save_limit": 1000,
+    **({"redis": Q_BROKER_URL} if Q_BROKER_URL.startswith(("redis://", "rediss://")) else {"orm": "default"}),
 }
+if Q_BROKER_URL and "redis" not in Q_CLUSTER:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"Q_BROKER_URL must be a redis:// or rediss:// URL, got {Q_BROKER_URL!r}")
+# The poll (the safety net under the notifications), stretched when Raynet's daily budget runs low.
+SYNC_POLL_INTERVAL_MINUTES = envint("SYNC_POLL_INTERVAL_MINUTES", 5)
+LOG_RETENTION_DAYS = envint("LOG_RETENTION_DAYS", 90)
+# Largest notification or webhook body accepted (bytes); Graph batches at most a few hundred small items.
+WEBHOOK_MAX_BODY = envint("WEBHOOK_MAX_BODY", 256 * 1024)
 
 LOGGING = {
     "version": 1,

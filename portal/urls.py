@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("hooks/", include("syncapp.webhooks")),
     path("", include("syncapp.urls")),
 ]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 
+from syncapp.jobs import mapping_sync_request
 from syncapp.models import (
     EventLink,
     Membership,
@@ -15,6 +17,7 @@ from syncapp.models import (
     SyncRun,
     UserMapping,
 )
+from syncapp.onboarding import mapping_switch
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
 from syncapp.secrets import MASK, UNREADABLE
@@ -111,22 +114,77 @@ class MicrosoftConnectionAdmin(ConnectionAdmin):
 
 @admin.register(UserMapping)
 class UserMappingAdmin(ReadOnlyAdmin):
-    list_display = ["raynet_email", "outlook_upn", "organization", "enabled", "health", "last_synced_at"]
+    """Support's actions on a mailbox; each is recorded in the admin's history (LogEntry) with who and when."""
+
+    list_display = [
+        "raynet_email",
+        "outlook_upn",
+        "organization",
+        "enabled",
+        "health",
+        "last_synced_at",
+        "subscription_expires_at",
+    ]
     list_filter = ["organization", "enabled", "health"]
     search_fields = ["raynet_email", "outlook_upn", "outlook_user_id", "=raynet_person_id"]
-    actions = ["reset_mailbox_cursor", "approve_held_deletions"]
+    actions = ["sync_now", "full_resync", "approve_held_deletions", "disable", "reset_mailbox_cursor"]
+
+    @admin.action(description="Sync now")
+    def sync_now(self, request, queryset) -> None:
+        for mapping in queryset:
+            mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.MANUAL)
+            self.log_change(request, mapping, "Sync now: a run was asked of the worker.")
+        self.message_user(request, f"A sync was queued for {queryset.count()} mailbox(es).")
+
+    @admin.action(description="Full resync (drop the delta link, compare everything)")
+    def full_resync(self, request, queryset) -> None:
+        for mapping in queryset:
+            mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.MANUAL, full=True)
+            self.log_change(request, mapping, "Full resync: a full comparison of both sides was asked of the worker.")
+        self.message_user(request, f"A full resync was queued for {queryset.count()} mailbox(es).")
+
+    @admin.action(description="Clear the flag: carry out the deletions the mass-delete guard held back")
+    def approve_held_deletions(self, request, queryset):
+        flagged = list(queryset.filter(health=UserMapping.Health.FLAGGED).select_related("organization"))
+        if request.POST.get("confirm") != "yes":
+            held = [(mapping, held_links(mapping)) for mapping in flagged]
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Carry out the held deletions?",
+                "held": held,
+                "selected": [m.pk for m in queryset],
+                "opts": self.model._meta,
+            }
+            return TemplateResponse(request, "admin/syncapp/usermapping/clear_flag.html", context)
+        for mapping in flagged:
+            mapping.approve_held_deletions()
+            mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.MANUAL)
+            self.log_change(request, mapping, "Flag cleared: the held deletions were approved for the next run.")
+        self.message_user(
+            request, f"Deletions approved for {len(flagged)} flagged mailbox(es); the next run carries them out."
+        )
+        return None
+
+    @admin.action(description="Disable (stop syncing this mailbox)")
+    def disable(self, request, queryset) -> None:
+        for mapping in queryset.filter(enabled=True):
+            mapping_switch(mapping=mapping, enabled=False)
+            self.log_change(request, mapping, "Disabled: this mailbox is no longer synced.")
+        self.message_user(request, "The selected mailboxes are no longer synced.")
 
     @admin.action(description="Reset the cursors (next run reads both sides' whole window again)")
     def reset_mailbox_cursor(self, request, queryset) -> None:
-        count = queryset.update(graph_delta_link="", graph_delta_window_start=None, raynet_cursor=None)
-        self.message_user(request, f"Cursors reset for {count} mailbox(es).")
+        for mapping in queryset:
+            mapping.reset_cursors()
+            self.log_change(request, mapping, "Cursors reset: the next run reads both sides' whole window.")
+        self.message_user(request, f"Cursors reset for {queryset.count()} mailbox(es).")
 
-    @admin.action(description="Approve the deletions the mass-delete guard held back (next run only)")
-    def approve_held_deletions(self, request, queryset) -> None:
-        count = queryset.filter(health=UserMapping.Health.FLAGGED).update(mass_delete_approved=True)
-        self.message_user(
-            request, f"Deletions approved for {count} flagged mailbox(es); the next run carries them out."
-        )
+
+def held_links(mapping: UserMapping) -> list[EventLink]:
+    """The links whose deletion the mass-delete guard held back in the mailbox's last run that held any."""
+    entry = SyncLogEntry.objects.filter(run__mapping=mapping, action="held").order_by("-created").first()
+    planned = (entry.details or {}).get("planned", []) if entry else []
+    return list(EventLink.objects.filter(mapping=mapping, pk__in=planned).order_by("starts_at"))
 
 
 @admin.register(EventLink)
@@ -160,6 +218,6 @@ class SyncRunAdmin(ReadOnlyAdmin):
 @admin.register(SyncLogEntry)
 class SyncLogEntryAdmin(ReadOnlyAdmin):
     list_display = ["created", "organization", "direction", "action", "reason", "raynet_id", "outlook_event_id"]
-    list_filter = ["organization", "action", "direction", "created"]
+    list_filter = ["organization", "action", "direction", "reason_code", "run__status", "created"]
     search_fields = ["=raynet_id", "outlook_event_id", "reason", "run__mapping__raynet_email"]
     date_hierarchy = "created"

@@ -171,6 +171,12 @@ class RaynetConnection(ConnectionOutcome):
     paused_until = models.DateTimeField(null=True, blank=True)
     # Where the rotating id listing that finds Raynet deletions goes on, per type (syncapp/sync/deletions.py).
     deletion_scan = models.JSONField(default=dict, blank=True)
+    # The poll's next turn for this organization: later than the usual interval when the daily budget runs low.
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    # Our webhook registered in Raynet (syncapp/notifications.py); the note says why there is none.
+    webhook_id = models.CharField(max_length=64, blank=True)
+    webhook_token = EncryptedSecretField(blank=True)
+    webhook_note = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return f"Raynet {self.instance_name}"
@@ -195,6 +201,13 @@ class RaynetConnection(ConnectionOutcome):
         if self.rate_limit_limit is None or self.rate_limit_remaining is None:
             return None
         return max(0, self.rate_limit_limit - self.rate_limit_remaining)
+
+    def show_pause(self) -> None:
+        """Status "Paused" while the spent budget waits for its reset, back to "Not tested yet" after it."""
+        if self.is_paused() and self.status not in (ConnectionStatus.PAUSED, ConnectionStatus.DISABLED):
+            self._update(status=ConnectionStatus.PAUSED)
+        elif not self.is_paused() and self.status == ConnectionStatus.PAUSED:
+            self._update(status=ConnectionStatus.NEW)
 
     def reenable(self) -> bool:
         """As for every connection; a pause whose budget reset has passed is cleared too (never an earlier one)."""
@@ -336,6 +349,13 @@ class UserMapping(models.Model):
     not_before = models.DateTimeField(null=True, blank=True)
     subscription_id = models.CharField(max_length=64, blank=True)
     subscription_expires_at = models.DateTimeField(null=True, blank=True)
+    # Why there is no Graph subscription (no public address, an API refusal); empty while one is live.
+    subscription_note = models.TextField(blank=True)
+    # A sync of this mailbox was asked for and has not started yet (syncapp/jobs.py): the requests that come
+    # before it starts share that one run; one that comes while it runs gives exactly one more run after it.
+    sync_requested_at = models.DateTimeField(null=True, blank=True)
+    sync_request_full = models.BooleanField(default=False)
+    sync_request_trigger = models.CharField(max_length=10, blank=True)
 
     class Meta:
         constraints = [

@@ -35,6 +35,15 @@ def compiled_catalogues() -> None:
     compile_catalogues()
 
 
+@pytest.fixture(autouse=True)
+def tasks_inline(monkeypatch) -> None:
+    """django-q2 tasks run at once in the test's own process (its `sync` setting); tests that need the
+    broker switch it off again (tests/test_jobs.py)."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+
+
 @pytest.fixture
 def retry_waits(monkeypatch) -> list[float]:
     """Seconds ProviderSession would have slept between retries, for every session of the test; none is slept."""

@@ -23,6 +23,7 @@ from syncapp.models import (
     RaynetConnection,
     SyncLogEntry,
     SyncRun,
+    UserMapping,
 )
 from tests.conftest import make_user
 from tests.test_foundation import API_KEY, make_link, make_mapping, make_raynet_connection
@@ -52,7 +53,7 @@ def rows(org, admin_user):
     EmailAddress.objects.create(user=admin_user, email=admin_user.email, primary=True, verified=True)
     Group.objects.create(name="Support")
     Schedule.objects.create(func="math.floor", args="1.5", schedule_type=Schedule.MINUTES, minutes=5)
-    async_task("math.floor", 1.5)  # a queued task, on the ORM broker
+    async_task("math.floor", 1.5, sync=False)  # a queued task, on the ORM broker
     for number, success in enumerate([True, False]):
         now = timezone.now()
         Task.objects.create(
@@ -137,14 +138,38 @@ def test_support_can_approve_deletions_held_by_the_mass_delete_guard(staff_clien
     mapping = rows["link"].mapping
     mapping.set_health(type(mapping).Health.FLAGGED, "This run would delete 40 of 50 synced events.")
 
-    staff_client.post(
-        admin_url(type(mapping), "changelist"),
-        {"action": "approve_held_deletions", "_selected_action": [mapping.pk]},
-        follow=True,
+    run = SyncRun.objects.create(organization=mapping.organization, mapping=mapping, trigger="schedule")
+    SyncLogEntry.objects.create(
+        organization=mapping.organization, run=run, action="held", reason="held", details={"planned": [rows["link"].pk]}
     )
+    action = {"action": "approve_held_deletions", "_selected_action": [mapping.pk]}
+    confirm = staff_client.post(admin_url(type(mapping), "changelist"), action)
+    mapping.refresh_from_db()
+    assert mapping.mass_delete_approved is False  # first the list of what would be deleted
+    assert "Carry out the held deletions?" in confirm.content.decode() and "AAMk-1" in confirm.content.decode()
 
+    staff_client.post(admin_url(type(mapping), "changelist"), {**action, "confirm": "yes"}, follow=True)
     mapping.refresh_from_db()
     assert mapping.mass_delete_approved is True
+    assert LogEntry.objects.filter(object_id=str(mapping.pk), change_message__startswith="Flag cleared").exists()
+
+
+def test_support_sync_now_and_disable_are_queued_and_recorded(staff_client, rows, monkeypatch):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    mapping = rows["link"].mapping
+    UserMapping.objects.filter(pk=mapping.pk).update(enabled=True)
+    url = admin_url(type(mapping), "changelist")
+    staff_client.post(url, {"action": "sync_now", "_selected_action": [mapping.pk]}, follow=True)
+    staff_client.post(url, {"action": "full_resync", "_selected_action": [mapping.pk]}, follow=True)
+    mapping.refresh_from_db()
+    assert mapping.sync_requested_at is not None and mapping.sync_request_full  # one run, full
+    staff_client.post(url, {"action": "disable", "_selected_action": [mapping.pk]}, follow=True)
+    mapping.refresh_from_db()
+    assert mapping.enabled is False
+    messages = set(LogEntry.objects.filter(object_id=str(mapping.pk)).values_list("change_message", flat=True))
+    assert {m.split(":")[0] for m in messages} >= {"Sync now", "Full resync", "Disabled"}
 
 
 def test_support_cannot_edit_sync_records_in_the_admin(staff_client, rows):

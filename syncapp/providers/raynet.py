@@ -453,6 +453,22 @@ class RaynetClient:
         return f"Raynet could not be reached or answered with an error: {error.message}"
 
     # --- plumbing -------------------------------------------------------------------------------------------
+    # --- webhooks (reference §7)
+    def add_webhook(self, *, url: str, secret_token: str, events: list[str]) -> str:
+        """Register a webhook (PUT /webhook/ → 201 with data.uuid); returns its id."""
+        data = self._data(
+            self._request("PUT", "webhook/", body={"url": url, "secretToken": secret_token, "events": events})
+        )
+        return str((data or {}).get("uuid") or "")
+
+    def remove_webhook(self, webhook_id: str) -> None:
+        """DELETE /webhook/{uuid}/; one that is already gone counts as removed."""
+        try:
+            self._request("DELETE", f"webhook/{quote(webhook_id, safe='')}/")
+        except ProviderError as error:
+            if error.kind != ErrorKind.NOT_FOUND:
+                raise
+
     @staticmethod
     def _entity_path(entity: str) -> str:
         if entity not in ENTITIES:

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import requests
 from dateutil import rrule
 from django.utils import timezone
 
@@ -261,6 +262,10 @@ class GraphSandbox(Sandbox):
     Notifications of subscriptions are delivered by calling `on_notification(payload)`, synchronously,
     with the JSON body Graph would POST to notificationUrl (validation handshakes are skipped: every
     subscription request passes). Every payload is also appended to `state["notifications"]`.
+
+    With `state["deliver_http"]` on, the sandbox behaves as Graph does instead: a new subscription is
+    validated first (a POST to each URL with ?validationToken=, the reply must be the token as text/plain,
+    else 400), and notifications are POSTed to notificationUrl (lifecycle ones to lifecycleNotificationUrl).
     """
 
     name = "graph"
@@ -1295,6 +1300,9 @@ class GraphSandbox(Sandbox):
         change_types = set((data.get("changeType") or "").split(","))
         if not change_types or not change_types <= {"created", "updated", "deleted"}:
             raise GraphError(400, "InvalidRequest", "changeType must be created, updated and/or deleted.")
+        if self.state.get("deliver_http"):
+            for url in {data.get("notificationUrl"), data.get("lifecycleNotificationUrl")} - {None}:
+                self._validate_endpoint(url)
         subscription_id = str(uuid.uuid4())
         self.state["subscriptions"][subscription_id] = {
             "id": subscription_id,
@@ -1313,6 +1321,24 @@ class GraphSandbox(Sandbox):
             "includeResourceData": False,
         }
         return self._public_subscription(self.state["subscriptions"][subscription_id])
+
+    @staticmethod
+    def _validate_endpoint(url: str) -> None:
+        """Graph's handshake (graph-api.md §4): the endpoint must echo the decoded token as text/plain in 10 s."""
+        token = f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
+        try:
+            reply = requests.post(
+                url,
+                params={"validationToken": token},
+                headers={"Content-Type": "text/plain; charset=utf-8"},
+                timeout=10,
+            )
+        except requests.RequestException as exc:
+            raise GraphError(400, "InvalidRequest", f"Subscription validation request failed: {exc}") from None
+        if reply.status_code != 200 or not reply.headers.get("Content-Type", "").startswith("text/plain"):
+            raise GraphError(400, "InvalidRequest", "Subscription validation request failed. Response must be 200.")
+        if reply.text != token:
+            raise GraphError(400, "InvalidRequest", "Subscription validation request failed: wrong token echoed.")
 
     def _subscription_expiry(self, value: str | None) -> str:
         expires = parse_query_time(value, "expirationDateTime")
@@ -1355,7 +1381,8 @@ class GraphSandbox(Sandbox):
                             },
                         }
                     ]
-                }
+                },
+                url=subscription["notificationUrl"],
             )
 
     def send_lifecycle_event(self, subscription_id: str, lifecycle_event: str) -> None:
@@ -1374,11 +1401,18 @@ class GraphSandbox(Sandbox):
                         "lifecycleEvent": lifecycle_event,
                     }
                 ]
-            }
+            },
+            url=subscription.get("lifecycleNotificationUrl") or subscription["notificationUrl"],
         )
 
-    def _deliver(self, payload: dict) -> None:
+    def _deliver(self, payload: dict, url: str | None = None) -> None:
         self.state["notifications"].append(payload)
+        if self.state.get("deliver_http") and url:
+            # Graph retries a failed delivery for a while; the sandbox keeps only the record above.
+            try:
+                requests.post(url, json=payload, timeout=10)
+            except requests.RequestException:
+                pass
         if self.on_notification is not None:
             self.on_notification(payload)
 
