@@ -30,6 +30,16 @@ if not SECRET_ENCRYPTION_KEYS:
 
 # Our fakes of Raynet and Graph served over HTTP (demo); never on in production by default.
 SANDBOX_ENABLED = envbool("SANDBOX_ENABLED", "True" if DEBUG else "False")
+if SANDBOX_ENABLED and not DEBUG:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SANDBOX_ENABLED is on with DEBUG off: the fake Raynet and Graph are never served in production."
+    )
+# The demo serves the sandboxes over HTTPS with a local CA (MSAL accepts only https authorities). Our own HTTP
+# sessions (ProviderSession, MSAL) trust this bundle (the usual CAs plus the demo's) while the sandbox is on;
+# nothing is installed system-wide. Made by `manage.py serve_tls` (syncapp/sandbox/tls.py).
+SANDBOX_CA_BUNDLE = envstr("SANDBOX_CA_BUNDLE") if SANDBOX_ENABLED else ""
 
 PUBLIC_BASE_URL = envstr("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")

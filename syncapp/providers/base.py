@@ -202,6 +202,24 @@ def concurrency_slot(
             time.sleep(poll * (1 + random.random()))
 
 
+class TrustedSession(requests.Session):
+    """A requests.Session that verifies servers with the demo's CA bundle while the sandbox is on.
+
+    The bundle goes with every request: requests lets REQUESTS_CA_BUNDLE in the environment override a
+    session's own `verify` (psf/requests#3829), which would undo it on machines that set that variable.
+    """
+
+    def __init__(self) -> None:
+        from django.conf import settings
+
+        super().__init__()
+        self.verify = settings.SANDBOX_CA_BUNDLE or True
+
+    def request(self, method, url, *args, **kwargs):
+        kwargs.setdefault("verify", self.verify)
+        return super().request(method, url, *args, **kwargs)
+
+
 class ProviderSession:
     """One requests.Session per connection, with the retry policy both providers share.
 
@@ -228,7 +246,7 @@ class ProviderSession:
         renew_auth: Callable[[], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
-        self.http = requests.Session()
+        self.http = TrustedSession()
         self.classify = classify
         self.side = side
         self.secrets = secrets

@@ -26,6 +26,7 @@ from syncapp.providers.base import (
     ErrorKind,
     ProviderError,
     ProviderSession,
+    TrustedSession,
     UnreadableItem,
     json_body,
     parse_retry_after,
@@ -94,10 +95,18 @@ def _token_app(authority: str) -> msal.ConfidentialClientApplication:
             client_credential=settings.MICROSOFT_CLIENT_SECRET,
             authority=authority,
             instance_discovery=urlsplit(authority).hostname in MICROSOFT_LOGIN_HOSTS,
+            http_client=msal_http_client(),
         )
         with _token_apps_lock:
             app = _token_apps.setdefault(key, app)
     return app
+
+
+def msal_http_client() -> requests.Session:
+    """MSAL's HTTP session (`http_client`: a requests.Session is accepted), trusting the demo's CA like ours."""
+    session = TrustedSession()
+    session.mount("https://", requests.adapters.HTTPAdapter(max_retries=1))  # as MSAL's own default session
+    return session
 
 
 def graph_scope(graph_base_url: str) -> str:
