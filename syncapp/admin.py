@@ -196,7 +196,7 @@ class EventLinkAdmin(ReadOnlyAdmin):
 
 class SyncLogEntryInline(admin.TabularInline):
     model = SyncLogEntry
-    fields = ["created", "direction", "action", "reason", "raynet_id", "outlook_event_id"]
+    fields = ["created", "direction", "action", "reason_text", "raynet_id", "outlook_event_id"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -217,7 +217,7 @@ class SyncRunAdmin(ReadOnlyAdmin):
 
 @admin.register(SyncLogEntry)
 class SyncLogEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created", "organization", "direction", "action", "reason", "raynet_id", "outlook_event_id"]
+    list_display = ["created", "organization", "direction", "action", "reason_text", "raynet_id", "outlook_event_id"]
     list_filter = ["organization", "action", "direction", "reason_code", "run__status", "created"]
     search_fields = ["=raynet_id", "outlook_event_id", "reason", "run__mapping__raynet_email"]
     date_hierarchy = "created"

@@ -5,8 +5,6 @@ Views call these and stay thin; each takes keyword arguments and touches only th
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -19,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from syncapp.jobs import mapping_sync_request
 from syncapp.models import (
     Invitation,
     Membership,
@@ -26,8 +25,10 @@ from syncapp.models import (
     Organization,
     RaynetConnection,
     SyncPolicy,
+    SyncRun,
     UserMapping,
 )
+from syncapp.notifications import mailbox_subscribe, mailbox_unsubscribe, raynet_webhook_register
 from syncapp.providers.base import ConnectionCheck, ErrorKind, ProviderError
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient, RaynetUser
@@ -209,19 +210,12 @@ def raynet_connect(*, organization: Organization, details: RaynetDetails) -> tup
     return True, _("Connected to Raynet instance “%(instance)s”.") % {"instance": details.instance_name}
 
 
-def contract(module: str, name: str) -> Callable | None:
-    """A function another area provides (the contracts in the team brief); None until it has landed."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
 def register_raynet_webhook(organization: Organization) -> None:
-    """Register Raynet's webhook (the jobs area's function is a no-op without a public base URL)."""
-    register = contract("syncapp.notifications", "raynet_webhook_register")
-    if register is not None:
-        register(organization=organization)
+    """Register Raynet's webhook; a failure is kept on the connection (webhook_note) and polling still syncs."""
+    try:
+        raynet_webhook_register(organization=organization)
+    except ProviderError:
+        pass  # recorded by raynet_webhook_register; the dashboard shows it
 
 
 # --- Microsoft 365 --------------------------------------------------------------------------------------
@@ -363,12 +357,11 @@ def mapping_switch(*, mapping: UserMapping, enabled: bool) -> None:
     """Switch one mailbox's sync on or off, with its Graph change notifications (once the jobs area has them)."""
     mapping.enabled = enabled
     mapping.save(update_fields=["enabled"])
-    hook = contract("syncapp.notifications", "mailbox_subscribe" if enabled else "mailbox_unsubscribe")
-    if hook is not None:
-        try:
-            hook(mapping=mapping)
-        except ProviderError as error:  # the poll still syncs; the dashboard shows why notifications are off
-            mapping.set_health(UserMapping.Health.WARNING, error.message)
+    hook = mailbox_subscribe if enabled else mailbox_unsubscribe
+    try:
+        hook(mapping=mapping)
+    except ProviderError as error:  # the poll still syncs; the dashboard shows why notifications are off
+        mapping.set_health(UserMapping.Health.WARNING, error.message)
 
 
 def policy_save(*, policy: SyncPolicy) -> None:
@@ -384,29 +377,16 @@ def preview_mappings(*, organization: Organization, codes: list[str] | None = No
     return mappings.filter(enabled=True)
 
 
-def first_sync_start(*, organization: Organization, mappings: list[UserMapping]) -> bool:
-    """The admin confirmed the preview: switch the organization's sync (and these mailboxes) on and start.
-
-    Returns whether the first runs were queued (else the next scheduled run does them)."""
+def first_sync_start(*, organization: Organization, mappings: list[UserMapping]) -> None:
+    """The admin confirmed the preview: switch the organization's sync (and these mailboxes) on and queue the runs."""
     policy = organization.policy
     if not policy.sync_enabled:
         policy.sync_enabled = True
         policy.save(update_fields=["sync_enabled"])
-    queued = True
     for mapping in mappings:
         if not mapping.enabled:
             mapping_switch(mapping=mapping, enabled=True)
-        queued = mapping_sync_now(mapping=mapping) and queued
-    return queued
-
-
-def mapping_sync_now(*, mapping: UserMapping) -> bool:
-    """Ask the background worker for a run of this mailbox; False while the jobs area has not landed."""
-    request = contract("syncapp.jobs", "mapping_sync_request")
-    if request is None:
-        return False
-    request(mapping=mapping, trigger="manual")
-    return True
+        mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.MANUAL)
 
 
 def members_of(organization: Organization):

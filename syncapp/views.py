@@ -26,7 +26,8 @@ from syncapp.forms import (
     RoleForm,
     mailboxes_chosen_once,
 )
-from syncapp.models import Invitation, Membership
+from syncapp.jobs import mapping_sync_request
+from syncapp.models import Invitation, Membership, SyncRun
 from syncapp.providers.base import ProviderError
 from syncapp.tenancy import get_organization_for_user
 
@@ -285,10 +286,8 @@ def setup_preview(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code, admin_required=request.method == "POST")
     mappings = list(onboarding.preview_mappings(organization=organization, codes=request.GET.getlist("m")))
     if request.method == "POST":
-        if onboarding.first_sync_start(organization=organization, mappings=mappings):
-            messages.success(request, _("The first sync has started."))
-        else:
-            messages.success(request, _("Sync is on: the next scheduled run makes the first sync."))
+        onboarding.first_sync_start(organization=organization, mappings=mappings)
+        messages.success(request, _("The first sync has started."))
         return redirect("organization", organization.code)
     plans = onboarding.preview_plans(mappings=mappings)
     return render(
@@ -335,10 +334,8 @@ def mapping_action(request: HttpRequest, code, mapping) -> HttpResponse:
     elif "reset" in request.POST:
         target.reset_cursors()
         messages.success(request, _("Mailbox reset: the next run reads both sides again and deletes nothing."))
-    if onboarding.mapping_sync_now(mapping=target):
-        messages.success(request, _("Sync of %(email)s requested.") % {"email": target.raynet_email})
-    else:
-        messages.error(request, _("The background worker is not available yet; the next scheduled run syncs."))
+    mapping_sync_request(mapping=target, trigger=SyncRun.Trigger.MANUAL)
+    messages.success(request, _("Sync of %(email)s requested.") % {"email": target.raynet_email})
     return redirect("organization", organization.code)
 
 

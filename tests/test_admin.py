@@ -113,6 +113,17 @@ def test_a_sync_run_page_shows_its_log_entries(staff_client, rows):
     assert API_KEY not in page
 
 
+def test_support_reads_a_log_reason_in_the_language_of_their_browser(staff_client, rows):
+    entry = rows["run"].entries.get(action="skipped")
+    entry.reason_code, entry.reason_params = "private_skipped", {}
+    entry.save()
+    url = admin_url(SyncLogEntry, "changelist")
+
+    assert "skipped: private event, policy = skip" in get_page(staff_client, url)
+    czech = staff_client.get(url, headers={"accept-language": "cs"}).content.decode()
+    assert "přeskočeno: soukromá událost, pravidlo = vynechat" in czech
+
+
 def test_the_organization_delete_and_history_pages_do_not_show_the_secret(staff_client, rows, org):
     for view in ("delete", "history"):
         assert API_KEY not in get_page(staff_client, admin_url(Organization, view, org.pk))

@@ -80,10 +80,7 @@ def test_the_dashboard_shows_each_users_health_linked_events_and_advice(client, 
     assert "<svg" in page and page.count("<rect") >= 3
 
 
-def test_a_flagged_mailbox_offers_confirm_or_reset_with_the_held_events(client, org, admin_user, monkeypatch):
-    from syncapp import onboarding
-
-    monkeypatch.setattr(onboarding, "mapping_sync_now", lambda *, mapping: True)
+def test_a_flagged_mailbox_offers_confirm_or_reset_with_the_held_events(client, org, admin_user):
     client.force_login(admin_user)
     mapping = add_mapping(org, 1, health="flagged", health_reason="15 deletions held back.")
     add_history(org, mapping, 2)
@@ -177,7 +174,6 @@ FIELDS = [
 def test_no_form_answers_500_to_anything(client, org, admin_user, monkeypatch, data, path):
     from syncapp import onboarding
 
-    monkeypatch.setattr(onboarding, "mapping_sync_now", lambda *, mapping: True)
     monkeypatch.setattr(onboarding, "raynet_connect", lambda *, organization, details: (False, "not tried"))
     client.force_login(admin_user)
     url = path.format(code=org.code)
