@@ -14,6 +14,19 @@ from tests.portal_fixtures import PORTAL_RAYNET_URL, consent_through_sandbox, pa
 from tests.raynet_fixtures import RAYNET_API_KEY
 
 
+def enabled_mapping(organization: Organization, email: str) -> UserMapping:
+    """One Raynet user mapped to the mailbox of the same address, sync on."""
+    return UserMapping.objects.create(
+        organization=organization,
+        raynet_user_id=1,
+        raynet_person_id=1,
+        raynet_email=email,
+        outlook_user_id="x",
+        outlook_upn=email,
+        enabled=True,
+    )
+
+
 @pytest.fixture
 def new_org(client, admin_user):
     """An organization created through the portal by alice@acme.test."""
@@ -204,15 +217,7 @@ def test_switching_on_every_matched_user_at_once(connected_org, client):
 
 
 def test_policies_show_the_defaults_and_saving_them_moves_on_to_the_preview(connected_org, client):
-    UserMapping.objects.create(
-        organization=connected_org,
-        raynet_user_id=1,
-        raynet_person_id=1,
-        raynet_email="a@acme.test",
-        outlook_user_id="x",
-        outlook_upn="a@acme.test",
-        enabled=True,
-    )
+    enabled_mapping(connected_org, "a@acme.test")
     page = page_text(client.get(f"/org/{connected_org.code}/setup/policies/"))
     assert re.search(r'value="cancel"[^>]*checked', page) and re.search(r'value="latest"[^>]*checked', page)
 
@@ -273,15 +278,7 @@ def test_an_admin_promotes_a_viewer_and_may_then_step_down(client, org, admin_us
 
 
 def test_the_preview_step_confirms_switches_sync_on_and_queues_the_first_run(connected_org, client):
-    mapping = UserMapping.objects.create(
-        organization=connected_org,
-        raynet_user_id=1,
-        raynet_person_id=1,
-        raynet_email="a@acme.test",
-        outlook_user_id="x",
-        outlook_upn="a@acme.test",
-        enabled=True,
-    )
+    mapping = enabled_mapping(connected_org, "a@acme.test")
 
     response = client.post(f"/org/{connected_org.code}/setup/preview/")
 
@@ -339,15 +336,7 @@ def test_the_preview_shows_counts_and_invitations_with_external_addresses_highli
 
     from syncapp import onboarding
 
-    mapping = UserMapping.objects.create(
-        organization=connected_org,
-        raynet_user_id=1,
-        raynet_person_id=1,
-        raynet_email="alice@acme.test",
-        outlook_user_id="x",
-        outlook_upn="alice@acme.test",
-        enabled=True,
-    )
+    mapping = enabled_mapping(connected_org, "alice@acme.test")
     seen = []
     invitations = [("Kick-off <b>", datetime(2026, 12, 3, 9, tzinfo=UTC), ["bob@acme.test", "jan@customer.test"])]
     monkeypatch.setattr(onboarding, "mapping_dry_run", lambda *, mapping: seen.append(mapping) or FakePlan(invitations))
@@ -362,15 +351,7 @@ def test_the_preview_shows_counts_and_invitations_with_external_addresses_highli
 
 
 def test_sync_now_asks_the_background_worker_for_that_mailbox(client, org, admin_user):
-    mapping = UserMapping.objects.create(
-        organization=org,
-        raynet_user_id=1,
-        raynet_person_id=1,
-        raynet_email="a@acme.test",
-        outlook_user_id="x",
-        outlook_upn="a@acme.test",
-        enabled=True,
-    )
+    mapping = enabled_mapping(org, "a@acme.test")
     client.force_login(admin_user)
 
     client.post(f"/org/{org.code}/users/{mapping.code}/")
