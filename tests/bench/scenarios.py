@@ -250,20 +250,33 @@ def section_initial(events_per_side: int = 10_000) -> list[Row]:
         add_events(bench, alice, 2 * events_per_side, per_day=56, first_day=-20)
         rss_before = psutil.Process().memory_info().rss
         started = time.perf_counter()
+        active = EventLink.objects.filter(mapping=alice.mapping, state=EventLink.State.ACTIVE)
+        runs, linked = 0, 0
         with bench.meter.measure() as cost:
-            bench.sync()
+            # A run stops at SYNC_RUN_DEADLINE and the next one goes on: run until all is linked (or no progress).
+            while linked < 2 * events_per_side:
+                bench.sync()
+                runs, before, linked = runs + 1, linked, active.count()
+                if linked == before:
+                    break
         elapsed = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        linked = EventLink.objects.filter(mapping=alice.mapping, state=EventLink.State.ACTIVE).count()
     events = 2 * events_per_side
-    ours = events / cost.wall
-    statements = cost.statements / events
+    # Per event actually linked, so a run cut short by the deadline cannot flatter the figures.
+    ours = linked / cost.wall
+    statements = cost.statements / max(linked, 1)
     return [
-        Row("3 initial", "events linked by the first run", f"{linked} of {events}", f"{events}", linked == events),
+        Row(
+            "3 initial",
+            f"events linked by the first sync ({runs} run(s))",
+            f"{linked} of {events}",
+            f"{events}",
+            linked == events,
+        ),
         Row("3 initial", "events/s, our time (sandboxes subtracted)", f"{ours:.0f}", "≥ 300", ours >= 300),
-        Row("3 initial", "events/s end to end (sandboxes included)", f"{events / elapsed:.0f}"),
+        Row("3 initial", "events/s end to end (sandboxes included)", f"{linked / elapsed:.0f}"),
         Row("3 initial", "DB statements per event", f"{statements:.2f}", "≤ 3", statements <= 3),
-        Row("3 initial", "  of which advisory-lock statements per event", f"{cost.advisory / events:.2f}"),
+        Row("3 initial", "  of which advisory-lock statements per event", f"{cost.advisory / max(linked, 1):.2f}"),
         Row(
             "3 initial",
             "peak memory: process peak RSS, sandboxes included",
