@@ -22,6 +22,7 @@ from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun, UserMapping
+from syncapp.sync.deletions import reported_deleted
 from syncapp.sync.service import MAILBOX_LOCK_BASE, sync_mapping, sync_organization
 
 logger = logging.getLogger("syncapp.jobs")
@@ -45,6 +46,17 @@ def mapping_sync_request(*, mapping: UserMapping, trigger: str, full: bool = Fal
     if claimed:
         async_task("syncapp.tasks.sync_mapping_task", mapping.pk, task_name=f"sync mapping {mapping.pk}")
     return bool(claimed)
+
+
+def raynet_deletion_sync(*, mapping: UserMapping, entity: str, record_id: int) -> SyncRun:
+    """A run of the owner's mailbox that checks the record Raynet reported deleted, without waiting for the poll.
+
+    If another run holds the mailbox, this one is skipped and the organization's next poll finds the deletion."""
+    return sync_mapping(
+        mapping=mapping,
+        trigger=SyncRun.Trigger.WEBHOOK,
+        id_scan=reported_deleted(entity=entity, record_id=record_id),
+    )
 
 
 def organization_sync_request(*, organization: Organization, trigger: str) -> None:

@@ -230,7 +230,8 @@ def raynet_event_accept(*, organization: Organization, payload: dict) -> bool:
     author = str(payload.get("author") or "").casefold()
     if source.get("name") == "api" and author == organization.raynet.api_user_email.casefold():
         return False
-    async_task("syncapp.tasks.raynet_change_task", organization.pk, entity, entity_id)
+    deleted = payload["type"] == "record.deleted"  # goes straight to the deletion check (jobs.raynet_deletion_sync)
+    async_task("syncapp.tasks.raynet_change_task", organization.pk, entity, entity_id, deleted)
     return True
 
 

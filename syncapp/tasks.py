@@ -47,9 +47,12 @@ def subscription_lifecycle_task(mapping_id: int, event: str) -> None:
         notifications.subscription_lifecycle(mapping=mapping, event=event)
 
 
-def raynet_change_task(organization_id: int, entity: str, entity_id: int) -> bool:
+def raynet_change_task(organization_id: int, entity: str, entity_id: int, deleted: bool = False) -> bool:
     organization = Organization.objects.filter(pk=organization_id).first()
     mapping = organization and notifications.raynet_change_owner(
         organization=organization, entity=entity, entity_id=entity_id
     )
+    if mapping and deleted:
+        jobs.raynet_deletion_sync(mapping=mapping, entity=entity, record_id=entity_id)
+        return True
     return bool(mapping) and jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)

@@ -163,3 +163,19 @@ def test_a_wrong_raynet_token_is_refused_and_nothing_is_queued(world, endpoints)
         reply = Client().post(url, payload, content_type="application/json", headers=headers)
         assert reply.status_code == 403
     assert OrmQ.objects.count() == 0
+
+
+def test_a_raynet_deletion_reaches_outlook_through_the_webhook_with_no_poll(world, endpoints):
+    notifications.raynet_webhook_register(organization=world.org)
+    meeting = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Demo", soon(4), soon(4, 11))
+    world.sync()
+    run_queued()
+    world.raynet.deliver_webhooks()
+    run_queued()
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Demo"]
+
+    world.raynet.ui_delete_activity("meeting", meeting)
+    assert world.raynet.deliver_webhooks() == 1
+    run_queued()
+
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == []

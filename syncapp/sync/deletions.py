@@ -45,6 +45,12 @@ class IdScan:
         return scan.covers(link.raynet_id) and link.raynet_id not in scan.ids
 
 
+def reported_deleted(*, entity: str, record_id: int) -> IdScan:
+    """A Raynet webhook said this record was deleted: a scan that covers it alone and did not see it, so the
+    engine fetches it (404 confirms) and handles the deletion by policy, the mass-delete guard included."""
+    return IdScan(read_at=timezone.now(), types={entity: TypeScan(ranges=[(record_id - 1, record_id)])})
+
+
 def scan_raynet_ids(*, raynet: RaynetClient, connection: RaynetConnection, window: tuple[datetime, datetime]) -> IdScan:
     read_at = timezone.now()
     state = dict(connection.deletion_scan or {})
