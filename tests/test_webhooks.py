@@ -179,3 +179,20 @@ def test_a_raynet_deletion_reaches_outlook_through_the_webhook_with_no_poll(worl
     run_queued()
 
     assert [e["subject"] for e in world.outlook_events(world.alice)] == []
+
+
+def test_unregistering_removes_the_raynet_webhook_and_its_token_stops_working(world, endpoints):
+    notifications.raynet_webhook_register(organization=world.org)
+    (hook,) = world.raynet.state["webhooks"]
+
+    notifications.raynet_webhook_unregister(organization=world.org)
+
+    assert world.raynet.state["webhooks"] == []
+    payload = {"type": "record.updated", "source": {"name": "user"}, "data": {"entityName": "Meeting", "entityId": 1}}
+    reply = Client().post(
+        f"/hooks/raynet/{world.org.code}/",
+        payload,
+        content_type="application/json",
+        headers={"X-RAYNETCRM-Token": hook["secretToken"]},
+    )
+    assert reply.status_code == 403 and OrmQ.objects.count() == 0
