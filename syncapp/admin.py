@@ -90,6 +90,7 @@ class RaynetConnectionAdmin(ConnectionAdmin):
         "api_key_masked",
         "status",
         "rate_limit_remaining",
+        "webhook_note",
     ]
     list_filter = ["status", "api_base_url"]
     search_fields = ["instance_name", "api_user_email", "organization__name"]
@@ -124,6 +125,7 @@ class UserMappingAdmin(ReadOnlyAdmin):
         "health",
         "last_synced_at",
         "subscription_expires_at",
+        "subscription_note",
     ]
     list_filter = ["organization", "enabled", "health"]
     search_fields = ["raynet_email", "outlook_upn", "outlook_user_id", "=raynet_person_id"]
