@@ -16,14 +16,14 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun, UserMapping
 from syncapp.sync.deletions import reported_deleted
-from syncapp.sync.service import MAILBOX_LOCK_BASE, sync_mapping, sync_organization
+from syncapp.sync.service import mailbox_lock, sync_mapping, sync_organization
 
 logger = logging.getLogger("syncapp.jobs")
 
@@ -86,7 +86,9 @@ def mapping_requested_runs(*, mapping: UserMapping) -> list[SyncRun]:
     """
     runs: list[SyncRun] = []
     while has_pending_request(mapping.pk):
-        with held_mailbox_lock(mapping.pk) as locked:
+        # The engine's own lock, held across the claims and runs; PostgreSQL session locks nest, so
+        # sync_mapping takes it again inside and lets only its own level go.
+        with mailbox_lock(mapping.pk) as locked:
             if not locked:
                 return runs  # the holder sees the request when it lets the lock go
             while (request := claim_request(mapping.pk)) is not None:
@@ -117,28 +119,6 @@ def claim_request(mapping_id: int) -> tuple[str, bool] | None:
             sync_requested_at=None, sync_request_full=False, sync_request_trigger=""
         )
     return row["sync_request_trigger"] or SyncRun.Trigger.SCHEDULE, row["sync_request_full"]
-
-
-class held_mailbox_lock:  # noqa: N801 - used as a context manager, like contextlib's
-    """The engine's advisory lock (syncapp/sync/service.py), held across several runs by this session.
-
-    PostgreSQL session locks nest: sync_mapping takes it again inside and lets its own level go.
-    """
-
-    def __init__(self, mapping_id: int) -> None:
-        self.key = MAILBOX_LOCK_BASE + mapping_id
-        self.locked = False
-
-    def __enter__(self) -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
-            self.locked = cursor.fetchone()[0]
-        return self.locked
-
-    def __exit__(self, *exc) -> None:
-        if self.locked:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
 
 
 def schedule_retry(*, mapping: UserMapping) -> datetime | None:
