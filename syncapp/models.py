@@ -292,6 +292,10 @@ class EffectivePolicy:
         start = (now - timedelta(days=self.window_days_back)).replace(hour=0, minute=0, second=0, microsecond=0)
         return start, now + timedelta(days=self.window_days_ahead)
 
+    def occurrence_horizon(self, now=None):
+        """Occurrences of recurring series starting after this become Raynet events later (SPEC policy 6)."""
+        return (now or timezone.now()) + timedelta(days=settings.OCCURRENCE_HORIZON_DAYS)
+
 
 class SyncPolicy(models.Model):
     organization = models.OneToOneField(Organization, models.CASCADE, related_name="policy")

@@ -27,7 +27,7 @@ from syncapp.providers.raynet import RaynetClient
 from syncapp.sync.apply import Applier
 from syncapp.sync.deletions import IdScan
 from syncapp.sync.observe import Observation, Observer, RaynetDirectory
-from syncapp.sync.plan import ACTIVE, CREATES, DELETIONS, Action, Kind, Pair, plan, too_many_deletions
+from syncapp.sync.plan import ACTIVE, CREATES, DELETIONS, TO_RAYNET, Action, Kind, Pair, plan, too_many_deletions
 from syncapp.sync.reasons import Reason, render_reason_en
 from syncapp.sync.runlog import RunLog
 
@@ -128,6 +128,7 @@ class MappingSync:
         for item in observation.unreadable:
             self.log_unreadable(item)
         actions = self.plan_all(observation)
+        self.log_later(actions)
         outcome = Outcome(released=True, delta_link=observation.delta.delta_link, window_start=self.window[0].date())
         actions = self.guard(actions, outcome)
         self.apply_all(actions, outcome)
@@ -143,6 +144,13 @@ class MappingSync:
                 self.log_unreadable(pair_unreadable(pair, error), link=pair.link)
         # Deletions last, after every update had its chance (a restore wins over a deletion).
         return sorted(actions, key=lambda action: action.kind in DELETIONS)
+
+    def log_later(self, actions: list[Action]) -> None:
+        """Occurrences beyond the horizon: one entry a run, not one per occurrence (a daily series has hundreds)."""
+        later = sum(1 for action in actions if action.kind == Kind.LATER)
+        if later:
+            params = {"count": later, "days": settings.OCCURRENCE_HORIZON_DAYS}
+            self.log.record("later", Reason.OCCURRENCES_LATER, params, direction=TO_RAYNET)
 
     def guard(self, actions: list[Action], outcome: Outcome) -> list[Action]:
         """The mass-delete guard: too many deletions at once wait for an admin (SPEC 5)."""
@@ -285,6 +293,7 @@ PREVIEW_VERBS = {
     Kind.RESTORE_IN_OUTLOOK: "restore",
     Kind.RESTORE_IN_RAYNET: "restore",
     Kind.SKIP: "skip",
+    Kind.LATER: "later",
 }
 
 

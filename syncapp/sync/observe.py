@@ -327,4 +327,5 @@ class Observer:
             elsewhere=elsewhere,
             invitation_links=invitation_links,
             organizer_persons={email: self.directory.user_person(email) for email in sorted(organizers)},
+            occurrence_horizon=self.policy.occurrence_horizon(),
         )
