@@ -34,6 +34,7 @@ from syncapp.sandbox.base import stored_sandbox
 from syncapp.sandbox.outlook import GraphSandbox
 from syncapp.sandbox.raynet import RaynetSandbox
 from syncapp.sandbox.tls import demo_certificates, https_server
+from tests.test_webhooks import run_queued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,7 +119,7 @@ def test_the_seeded_demo_shows_each_policy_and_a_second_seed_changes_nothing(dem
     assert organization.raynet.status == organization.microsoft.status == ConnectionStatus.OK
     assert organization.memberships.get().user.email == DEMO_ADMIN_EMAIL
     assert set(mapped) == {person.email for person in (JANA, PETR, LUCIE, TOMAS, EMMA)}
-    assert all(m.enabled for m in mapped.values())
+    assert all(m.enabled and m.subscription_id in outlook.state["subscriptions"] for m in mapped.values())
     [webhook] = raynet.state["webhooks"]
     assert webhook["url"] == f"{demo_https}/hooks/raynet/{organization.code}/"
 
@@ -164,3 +165,25 @@ def test_the_seeded_demo_shows_each_policy_and_a_second_seed_changes_nothing(dem
     assert demo_counts(again) == before
     assert again.runs and {run.status for run in again.runs} == {SyncRun.Status.OK}
     assert writes(*sandboxes()) == {"raynet": 0, "outlook": 0}  # a steady state: the second sync writes nothing
+
+
+def test_an_edit_in_either_sandbox_reaches_the_other_side_through_the_notification_endpoints(demo_https):
+    seed = demo_seed()
+    run_queued()  # the echoes of the seed's own writes
+    mapped = people(seed)
+    raynet, outlook = sandboxes()
+    [presentation] = outlook_titled(outlook, mapped[PETR.email], "Prezentace pro Stavby Beneš")
+    [visit] = raynet_titled(raynet, "Contract review with Northwind Trading")
+    seeded_runs = set(SyncRun.objects.values_list("pk", flat=True))
+
+    with stored_sandbox(GraphSandbox, DEMO_KEY) as outlook:  # Graph POSTs the change notification once saved
+        outlook.person_edit_event(mapped[PETR.email].outlook_user_id, presentation["id"], subject="Prezentace: řada X")
+    with stored_sandbox(RaynetSandbox, DEMO_KEY) as raynet:  # Raynet POSTs its webhook once saved
+        raynet.ui_edit_activity("meeting", visit["id"], title="Contract renewal with Northwind Trading")
+    assert run_queued() >= 3  # the notification's run, the webhook's lookup and its run
+
+    raynet, outlook = sandboxes()
+    assert raynet_titled(raynet, "Prezentace: řada X")
+    assert outlook_titled(outlook, mapped[EMMA.email], "Contract renewal with Northwind Trading")
+    new_runs = SyncRun.objects.exclude(pk__in=seeded_runs).exclude(status=SyncRun.Status.SKIPPED)
+    assert set(new_runs.values_list("trigger", flat=True)) == {SyncRun.Trigger.WEBHOOK}  # no poll did it
