@@ -48,6 +48,6 @@ def run_summary(runs: list[SyncRun]) -> str:
         for direction, actions in run.counts.items():
             for action, count in actions.items():
                 totals[(direction, action)] += count
-    words = {"to_outlook": "→ Outlook", "to_raynet": "→ Raynet"}
-    parts = [f"{words.get(d, d)} {n} {action}" for (d, action), n in sorted(totals.items()) if n]
+    words = {"to_outlook": "→ Outlook ", "to_raynet": "→ Raynet "}  # "none": decisions without a write
+    parts = [f"{words.get(d, '')}{n} {action}" for (d, action), n in sorted(totals.items()) if n]
     return ", ".join(parts) or "nothing to change"
