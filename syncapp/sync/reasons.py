@@ -24,6 +24,9 @@ class Gone(StrEnum):
     CANCELLED_IN_RAYNET = "cancelled_in_raynet"
 
 
+RAYNET_GONE = frozenset({Gone.DELETED_IN_RAYNET, Gone.CANCELLED_IN_RAYNET})  # the others: Outlook's side
+
+
 GONE_WORDS = {
     Gone.DELETED_IN_OUTLOOK: pgettext_lazy("gone", "deleted in Outlook"),
     Gone.CANCELLED_IN_OUTLOOK: pgettext_lazy("gone", "cancelled in Outlook"),
