@@ -26,8 +26,6 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from syncapp.providers.base import TrustedSession
-
 
 @dataclass
 class SandboxRequest:
@@ -213,6 +211,22 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+DELIVERY = threading.local()
+
+
+def delivery_session():
+    """The sandboxes' own HTTP session (a TrustedSession: TLS verified with the demo's CA bundle, as our sessions),
+    one per thread and kept alive: a new TLS connection per delivery costs a handshake and a bundle load each."""
+    from django.conf import settings
+
+    from syncapp.providers.base import TrustedSession
+
+    session = getattr(DELIVERY, "session", None)
+    if session is None or session.verify != (settings.SANDBOX_CA_BUNDLE or True):
+        DELIVERY.session = session = TrustedSession()
+    return session
+
+
 def post_outgoing(item: Outgoing) -> bool:
     """POST one delivery; True on a 2xx."""
     import requests
@@ -222,21 +236,6 @@ def post_outgoing(item: Outgoing) -> bool:
     except requests.RequestException:
         return False
     return 200 <= reply.status_code < 300
-
-
-_delivery = threading.local()
-
-
-def delivery_session() -> TrustedSession:
-    """This thread's session for what the sandboxes send: our TrustedSession, so TLS is verified with the demo's CA
-    bundle as our own clients do, and kept alive (a new TLS connection per notification slowed every write ~3×).
-    Made again when the bundle setting changed (tests change it)."""
-    from django.conf import settings
-
-    session = getattr(_delivery, "session", None)
-    if session is None or session.verify != (settings.SANDBOX_CA_BUNDLE or True):
-        session = _delivery.session = TrustedSession()
-    return session
 
 
 def request_from_prepared(prepared, base_url: str) -> SandboxRequest:

@@ -33,14 +33,7 @@ import requests
 from dateutil import rrule
 from django.utils import timezone
 
-from syncapp.sandbox.base import (
-    Outgoing,
-    Sandbox,
-    SandboxRequest,
-    SandboxResponse,
-    delivery_session,
-    post_outgoing,
-)
+from syncapp.sandbox.base import Outgoing, Sandbox, SandboxRequest, SandboxResponse, delivery_session, post_outgoing
 
 ID_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A"  # what an immutable event id looks like (§2)
 OCCURRENCE_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWgOc"
@@ -1335,7 +1328,7 @@ class GraphSandbox(Sandbox):
         """Graph's handshake (graph-api.md §4): the endpoint must echo the decoded token as text/plain in 10 s."""
         token = f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
         try:
-            reply = delivery_session().post(  # verified with the demo's CA: its hooks are served with it
+            reply = delivery_session().post(
                 url,
                 params={"validationToken": token},
                 headers={"Content-Type": "text/plain; charset=utf-8"},
