@@ -25,7 +25,16 @@ from django.utils import timezone
 
 from syncapp import onboarding
 from syncapp.jobs import has_pending_request, mapping_requested_runs, mapping_sync_request
-from syncapp.models import EventLink, Membership, Organization, PrivateEventsMode, SandboxState, SyncRun, UserMapping
+from syncapp.models import (
+    ConnectionStatus,
+    EventLink,
+    Membership,
+    Organization,
+    PrivateEventsMode,
+    SandboxState,
+    SyncRun,
+    UserMapping,
+)
 from syncapp.notifications import (
     mailbox_subscribe,
     mailbox_unsubscribe,
@@ -258,7 +267,7 @@ def connections_ensure(*, organization: Organization) -> None:
     with the webhook and the subscriptions registered again for it."""
     raynet = getattr(organization, "raynet", None)
     moved = raynet is not None and raynet.api_base_url != demo_raynet_url()
-    if raynet is None or moved or raynet.last_success_at is None:
+    if raynet is None or moved or raynet.status != ConnectionStatus.OK:
         details = onboarding.RaynetDetails(DEMO_INSTANCE, demo_raynet_url(), DEMO_API_USER, DEMO_API_KEY)
         ok, message = onboarding.raynet_connect(organization=organization, details=details)
         if not ok:
@@ -270,12 +279,16 @@ def connections_ensure(*, organization: Organization) -> None:
             mailbox_unsubscribe(mapping=mapping)
             mailbox_subscribe(mapping=mapping)
     microsoft = getattr(organization, "microsoft", None)
-    if microsoft is None or microsoft.last_success_at is None:
+    if microsoft is None:
         ok, message = onboarding.microsoft_consent_record(
             organization=organization, tenant_id=DEMO_TENANT_ID, cloud="global"
         )
-        if not ok:
-            raise DemoError(message)
+    elif microsoft.status != ConnectionStatus.OK:
+        ok, message = onboarding.microsoft_check(connection=microsoft)  # a pass restarts a stopped connection
+    else:
+        ok, message = True, ""
+    if not ok:
+        raise DemoError(message)
 
 
 def mappings_ensure(*, organization: Organization) -> None:
