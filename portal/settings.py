@@ -69,6 +69,9 @@ MASS_DELETE_MIN_PERCENT = envint("MASS_DELETE_MIN_PERCENT", 25)
 SYNC_RUN_DEADLINE = envint("SYNC_RUN_DEADLINE", 240)
 # Every page of the Raynet id listing that finds deletions is read at least this often (syncapp/sync/deletions.py).
 RAYNET_DELETION_CHECK_SECONDS = envint("RAYNET_DELETION_CHECK_SECONDS", 3600)
+# Occurrences of recurring Outlook series become Raynet events only this many days ahead (SPEC policy 6);
+# later ones are added as they come within it (the daily whole-window read), as Dynamics 365 does.
+OCCURRENCE_HORIZON_DAYS = envint("OCCURRENCE_HORIZON_DAYS", 90)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

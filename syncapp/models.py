@@ -292,6 +292,10 @@ class EffectivePolicy:
         start = (now - timedelta(days=self.window_days_back)).replace(hour=0, minute=0, second=0, microsecond=0)
         return start, now + timedelta(days=self.window_days_ahead)
 
+    def occurrence_horizon(self, now=None):
+        """Occurrences of recurring series starting after this become Raynet events later (SPEC policy 6)."""
+        return (now or timezone.now()) + timedelta(days=settings.OCCURRENCE_HORIZON_DAYS)
+
 
 class SyncPolicy(models.Model):
     organization = models.OneToOneField(Organization, models.CASCADE, related_name="policy")
@@ -405,6 +409,7 @@ class UserMapping(models.Model):
         self.health, self.health_reason = self.Health.OK, ""
         fields = ["graph_delta_link", "graph_delta_window_start", "raynet_cursor", "mass_delete_approved"]
         self.save(update_fields=[*fields, "health", "health_reason"])  # a pending request stays
+        self.links.exclude(held_gone="").update(held_gone="")  # what the reading finds again, it holds again
 
 
 class EventLink(models.Model):
@@ -449,6 +454,10 @@ class EventLink(models.Model):
     # after it}. The next run tells our own write from a user's change by it, and finds a create whose
     # reply was lost. Empty once the write's outcome is recorded.
     intent = models.JSONField(default=dict, blank=True)
+    # A deletion the mass-delete guard holds back for an admin: why the side is gone (a Gone code of
+    # syncapp/sync/reasons.py), found once and remembered, so a held mailbox's polls do not look for it
+    # again. Empty when nothing is held.
+    held_gone = models.CharField(max_length=30, blank=True)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
 
@@ -480,9 +489,14 @@ class EventLink(models.Model):
         self.save()
 
     def record_outcome(self) -> None:
-        """The write's result is on the row (ids, hashes): nothing is in flight any more."""
+        """The write's result is on the row (ids, hashes): nothing is in flight any more.
+
+        Not saved here: the applier writes the outcomes of a batch together (Applier.flush). Until then
+        the intent stays on the stored row, which is what a run killed meanwhile recovers from.
+        """
         self.intent = {}
-        self.save()
+        self.held_gone = ""  # whatever was held, this run decided it
+        self.updated = timezone.now()  # bulk_update does not apply auto_now
 
     def mark_deleted(self) -> None:
         self.state = self.State.DELETED

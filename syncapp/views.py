@@ -290,9 +290,10 @@ def setup_preview(request: HttpRequest, code) -> HttpResponse:
         messages.success(request, _("The first sync has started."))
         return redirect("organization", organization.code)
     plans = onboarding.preview_plans(mappings=mappings)
-    return render(
-        request, "syncapp/setup_preview.html", wizard_context(organization, membership, "preview", plans=plans)
+    context = wizard_context(
+        organization, membership, "preview", plans=plans, horizon_days=settings.OCCURRENCE_HORIZON_DAYS
     )
+    return render(request, "syncapp/setup_preview.html", context)
 
 
 # --- dashboard and log ---------------------------------------------------------------------------------

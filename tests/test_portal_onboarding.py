@@ -326,7 +326,7 @@ class FakePlan:
         self.invitations = invitations
 
     def counts(self) -> dict:
-        return {"to_outlook": {"create": 3}, "to_raynet": {"create": 2, "update": 1}}
+        return {"to_outlook": {"create": 3}, "to_raynet": {"create": 2, "update": 1, "later": 275}}
 
 
 def test_the_preview_shows_counts_and_invitations_with_external_addresses_highlighted(
@@ -348,6 +348,7 @@ def test_the_preview_shows_counts_and_invitations_with_external_addresses_highli
     assert "Kick-off &lt;b&gt;" in client.get(f"/org/{connected_org.code}/setup/preview/").content.decode()
     assert '<span class="">bob@acme.test</span>' in page
     assert '<span class="external">jan@customer.test (external)</span>' in page
+    assert "Later: 275 occurrences of recurring series more than 90 days ahead." in page
 
 
 def test_sync_now_asks_the_background_worker_for_that_mailbox(client, org, admin_user):

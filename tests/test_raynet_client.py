@@ -184,8 +184,7 @@ def test_create_puts_then_tags_the_ext_id_then_posts_what_the_create_schema_lack
         "description": "<p>Agenda</p>",
     }
     assert sent(http_mock, 1)[3] == {"extId": "outlook:link-1"}
-    assert sent(http_mock, 2)[3] == {
-        "status": "SCHEDULED",
+    assert sent(http_mock, 2)[3] == {  # a scheduled activity is SCHEDULED from its create: no status here
         "meetingPlace": "Room 1",
         "personal": True,
         "participants": [{"person": guest}],
@@ -194,6 +193,28 @@ def test_create_puts_then_tags_the_ext_id_then_posts_what_the_create_schema_lack
     assert (stored["meetingPlace"], stored["personal"], stored["status"]) == ("Room 1", True, "SCHEDULED")
     assert guest in [participant["person"] for participant in stored["participants"]]
     assert stored["extIds"] == ["outlook:link-1"]
+
+
+def test_a_create_with_no_place_and_no_participants_is_two_writes(client, raynet_sandbox, http_mock, jana):
+    fields = {
+        "title": "Planning",
+        "priority": "DEFAULT",
+        "owner": jana,
+        "scheduledFrom": datetime(2026, 6, 15, 7, 0, tzinfo=UTC),
+        "scheduledTill": datetime(2026, 6, 15, 8, 0, tzinfo=UTC),
+        "status": "SCHEDULED",
+        "meetingPlace": "",
+        "participants": [],
+    }
+
+    new_id = client.create_activity("meeting", fields, ext_id="outlook:link-2")
+
+    assert [sent(http_mock, i)[:2] for i in range(len(http_mock.calls))] == [
+        ("PUT", "meeting/"),
+        ("PUT", f"meeting/{new_id}/extId/"),
+    ]
+    stored = raynet_sandbox.activity("meeting", new_id)
+    assert (stored["status"], stored["meetingPlace"], stored["extIds"]) == ("SCHEDULED", None, ["outlook:link-2"])
 
 
 def test_create_with_only_create_fields_and_no_ext_id_is_one_request(client, raynet_sandbox, jana):

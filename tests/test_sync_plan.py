@@ -57,6 +57,7 @@ def link(origin="raynet", **fields) -> EventLink:
 
 
 FACTS = Facts(window=WINDOW, mailbox_person_id=ME)
+HORIZON_FACTS = Facts(window=WINDOW, mailbox_person_id=ME, occurrence_horizon=START + timedelta(days=90))
 CASES = [
     # (name, pair, policy, facts, kind, reason)
     ("new Outlook event", Pair(event=event()), policy(), FACTS, Kind.CREATE_IN_RAYNET, None),
@@ -101,6 +102,46 @@ CASES = [
         Facts(window=WINDOW, mailbox_person_id=ME, invitation_links={"U1": ("event", 9)}),
         Kind.SKIP,
         Reason.INVITATION_ALREADY_SYNCED,
+    ),
+    (
+        "occurrence of a series beyond the occurrence horizon: later, not a skip",
+        Pair(event=event(start=START + timedelta(days=91), seriesMasterId="S1", type="occurrence")),
+        policy(),
+        HORIZON_FACTS,
+        Kind.LATER,
+        Reason.BEYOND_HORIZON,
+    ),
+    (
+        "occurrence within the horizon",
+        Pair(event=event(start=START + timedelta(days=89), seriesMasterId="S1", type="occurrence")),
+        policy(),
+        HORIZON_FACTS,
+        Kind.CREATE_IN_RAYNET,
+        None,
+    ),
+    (
+        "single event beyond the horizon: the horizon is for series only",
+        Pair(event=event(start=START + timedelta(days=200))),
+        policy(),
+        HORIZON_FACTS,
+        Kind.CREATE_IN_RAYNET,
+        None,
+    ),
+    (
+        "linked occurrence beyond the horizon, edited in Outlook: updated as ever",
+        Pair(link=link(origin="outlook", series_master_id="S1"), event=event("New", seriesMasterId="S1")),
+        policy(),
+        Facts(window=WINDOW, mailbox_person_id=ME, occurrence_horizon=START - timedelta(days=1)),
+        Kind.UPDATE_RAYNET,
+        Reason.UPDATED_RAYNET,
+    ),
+    (
+        "linked occurrence beyond the horizon, deleted in Outlook: the deletion policy as ever",
+        Pair(link=link(origin="outlook", series_master_id="S1"), outlook_gone=Gone.OCCURRENCE_DELETED),
+        policy(),
+        Facts(window=WINDOW, mailbox_person_id=ME, occurrence_horizon=START - timedelta(days=1)),
+        Kind.DELETE_IN_RAYNET,
+        Reason.CANCELLED_OTHER_SIDE,
     ),
     ("new Raynet activity", Pair(activity=activity()), policy(), FACTS, Kind.CREATE_IN_OUTLOOK, None),
     (

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
+from django.test import override_settings
 
 from syncapp.models import EventLink
 from syncapp.providers.outlook import reset_token_apps
@@ -326,3 +327,129 @@ def test_a_quiet_run_after_all_kinds_of_series_changes_writes_nothing(world):
         ("Team sync (demo)", "SCHEDULED"),
         ("Team sync", "SCHEDULED"),
     ]
+
+
+# --- the occurrence horizon (SPEC policy 6): a daily series costs ~90 days of Raynet records, not a year --------
+
+
+def daily_series(world, subject="Daily stand-up", *, days=365):
+    """A daily 15-minute series in Alice's mailbox from tomorrow 08:00 UTC, a year long."""
+    first = soon(1, 8)
+    recurrence = {
+        "pattern": {"type": "daily", "interval": 1},
+        "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": days},
+    }
+    world.outlook.person_create_event(
+        world.alice.mailbox_id, subject, first, first + timedelta(minutes=15), recurrence=recurrence
+    )
+    return first
+
+
+def within(horizon_days: int, first: datetime, *, days_on: int = 0, count: int = 365) -> list[datetime]:
+    """The starts of the daily series' occurrences that are at most `horizon_days` ahead, `days_on` days later."""
+    horizon = datetime.now(UTC) + timedelta(days=days_on + horizon_days)
+    return [first + timedelta(days=n) for n in range(count) if first + timedelta(days=n) <= horizon]
+
+
+def test_a_daily_series_becomes_raynet_events_only_within_the_90_day_horizon(world):
+    first = daily_series(world)
+
+    world.sync()
+
+    expected = within(90, first)
+    assert 88 <= len(expected) <= 90
+    assert [start_of(r) for r in copies(world)] == expected
+    assert world.writes()["raynet"] <= 3 * len(expected)
+    later = len(within(365, first)) - len(expected)  # the rest of the 365-day window
+    assert world.reasons("later") == [
+        f"later: {later} occurrence(s) of recurring series are more than 90 days ahead; "
+        "each becomes a Raynet event when it comes within 90 days"
+    ]
+    assert len(world.links(world.alice)) == len(expected)
+    assert_quiet(world)
+
+
+def test_occurrences_coming_within_the_horizon_as_days_pass_are_added_by_the_daily_window_read(world):
+    first = daily_series(world)
+    world.sync()
+    before = {r["id"] for r in copies(world)}
+
+    with days_later(5):
+        # The day moved on: the window is read whole again, and five more days are within the horizon.
+        world.sync()
+
+        records = copies(world)
+        assert [start_of(r) for r in records] == within(90, first, days_on=5)
+        assert before < {r["id"] for r in records}
+        assert len(world.reasons("created")) == 5
+        assert world.reasons("cancelled") == [] and world.reasons("deleted") == []
+        assert_quiet(world)
+
+
+def test_copies_beyond_the_horizon_are_never_deleted_and_a_series_edit_still_updates_every_copy(world):
+    first = daily_series(world, days=120)
+    with override_settings(OCCURRENCE_HORIZON_DAYS=365):
+        world.sync()
+    record_ids = [r["id"] for r in copies(world)]
+    assert len(record_ids) == 120  # synced before the horizon was shortened: beyond today's 90 days too
+    world.sync()  # the echoes of our own writes
+    world.reset_calls()
+
+    world.sync(full=True)
+
+    assert world.reasons("cancelled") == [] and world.reasons("deleted") == []
+    assert {link.state for link in world.links(world.alice)} == {EventLink.State.ACTIVE}
+    assert world.writes()["raynet"] == 0
+
+    series_id = world.links(world.alice)[0].series_master_id
+    world.outlook.person_edit_event(world.alice.mailbox_id, series_id, subject="Daily sync")
+    world.sync()
+
+    records = copies(world)
+    assert [r["id"] for r in records] == record_ids
+    assert {r["title"] for r in records} == {"Daily sync"}
+    assert [start_of(r) for r in records] == [first + timedelta(days=n) for n in range(120)]
+    assert world.reasons("created") == []
+    assert_quiet(world)
+
+
+@override_settings(OCCURRENCE_HORIZON_DAYS=30)
+def test_an_occurrence_moved_into_the_horizon_is_created_and_one_moved_beyond_it_keeps_its_copy(world):
+    # Exchange moves an occurrence only between its neighbours: one series for each direction.
+    coming = weekly_series(world, "Coming", weeks=8, first=soon(1, 9))  # days 1, 8 … 29 within; 36 … not yet
+    going = weekly_series(world, "Going", weeks=8, first=soon(3, 9))  # days 3, 10, 17, 24 within; 31 … not yet
+    world.sync()
+    assert [(r["title"], start_of(r)) for r in copies(world)] == sorted(
+        [("Coming", soon(d, 9)) for d in (1, 8, 15, 22, 29)] + [("Going", soon(d, 9)) for d in (3, 10, 17, 24)],
+        key=lambda pair: pair[1],
+    )
+
+    world.outlook.person_edit_occurrence(
+        world.alice.mailbox_id, coming, soon(36).date(), subject="Brought forward", start=soon(29, 20), end=soon(29, 21)
+    )
+    world.outlook.person_edit_occurrence(
+        world.alice.mailbox_id, going, soon(24).date(), start=soon(31, 8), end=soon(31, 8, 30)
+    )
+    world.sync()
+
+    starts = {(r["title"], start_of(r)) for r in copies(world)}
+    assert ("Brought forward", soon(29, 20)) in starts
+    assert ("Going", soon(31, 8)) in starts and ("Going", soon(24, 9)) not in starts  # its copy moved with it
+    assert len(starts) == 10
+    assert world.reasons("created") == ["created Raynet event “Brought forward” from Outlook"]
+    assert world.reasons("updated") == ["updated Raynet from the Outlook change"]
+    assert world.reasons("cancelled") == []
+    assert_quiet(world)
+
+
+def test_the_preview_counts_the_occurrences_beyond_the_horizon_as_later(world):
+    from syncapp.sync.service import mapping_dry_run
+
+    first = daily_series(world)
+
+    plan = mapping_dry_run(mapping=world.alice.mapping)
+
+    expected = len(within(90, first))
+    assert plan.counts()["to_raynet"] == {"create": expected, "later": len(within(365, first)) - expected}
+    assert world.writes() == {"raynet": 0, "outlook": 0}
+    assert world.raynet_events() == []

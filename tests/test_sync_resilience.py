@@ -15,6 +15,7 @@ from syncapp.models import ConnectionStatus, EventLink, SyncLogEntry, SyncRun, U
 from syncapp.providers.outlook import OutlookClient, reset_token_apps
 from syncapp.providers.raynet import RaynetClient
 from syncapp.sync import sync_organization
+from syncapp.sync.apply import Applier
 from tests.outlook_fixtures import OUTLOOK_TENANT_ID
 from tests.sync_fixtures import soon
 
@@ -204,20 +205,20 @@ def test_a_raynet_cancel_of_an_activity_a_killed_run_created_reaches_outlook_aft
 def test_a_run_killed_while_saving_the_link_state_is_finished_without_duplicates(world, monkeypatch):
     world.raynet.ui_create_activity("meeting", world.alice.person_id, "Board", soon(5, 9), soon(5, 10))
     world.outlook.person_create_event(world.alice.mailbox_id, "Gym", soon(5, 18), soon(5, 19))
-    real_save = EventLink.save
-    saves = {"n": 0}
+    real_flush = Applier.flush
+    flushes = {"n": 0}
 
-    def save_then_die(link, *args, **kwargs):
-        # Die on the first save that completes a create (the link gets both ids).
-        if link.pk and link.raynet_id and link.outlook_event_id and not saves["n"]:
-            saves["n"] += 1
-            raise Crash("EventLink.save")
-        return real_save(link, *args, **kwargs)
+    def flush_then_die(applier):
+        # Die on the first batch write that completes a create (a link gets both ids): both creates are made.
+        if any(link.raynet_id and link.outlook_event_id for link in applier.finished.values()) and not flushes["n"]:
+            flushes["n"] += 1
+            raise Crash("Applier.flush")
+        return real_flush(applier)
 
-    monkeypatch.setattr(EventLink, "save", save_then_die)
+    monkeypatch.setattr(Applier, "flush", flush_then_die)
     with pytest.raises(Crash):
         world.sync()
-    monkeypatch.setattr(EventLink, "save", real_save)
+    monkeypatch.setattr(Applier, "flush", real_flush)
 
     world.sync()
     world.sync()

@@ -12,10 +12,11 @@ import base64
 import logging
 import random
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -258,6 +259,36 @@ class ProviderSession:
         self.on_response = on_response
         self.renew_auth = renew_auth
         self.deadline: float | None = None
+        # Per thread, as the advisory locks (each thread has its own database connection).
+        self._burst = threading.local()
+
+    @contextmanager
+    def burst(self) -> Iterator[None]:
+        """The requests inside share their concurrency slot: taken at the first request, given back at the end.
+
+        Two advisory-lock statements per run (or per listing) instead of two per request. The slot is held
+        while the burst does other work too (a Graph call in a sync run): fewer requests than the limit can
+        then run at once, never more.
+        """
+        if getattr(self._burst, "slots", None) is not None:  # nested: the outer burst holds the slots
+            yield
+            return
+        with ExitStack() as slots:
+            self._burst.slots, self._burst.held = slots, set()
+            try:
+                yield
+            finally:
+                self._burst.slots = self._burst.held = None
+
+    def _slot(self, url: str):
+        namespace, key = self.concurrency_key(url)
+        slots = getattr(self._burst, "slots", None)
+        if slots is None:
+            return concurrency_slot(namespace, key, self.concurrency_limit, deadline=self.deadline)
+        if (namespace, key) not in self._burst.held:
+            slots.enter_context(concurrency_slot(namespace, key, self.concurrency_limit, deadline=self.deadline))
+            self._burst.held.add((namespace, key))
+        return nullcontext()
 
     def url(self, path: str) -> str:
         return path if path.startswith("https://") or path.startswith("http://") else self.base_url + path.lstrip("/")
@@ -307,8 +338,7 @@ class ProviderSession:
         if self.concurrency_key is None:
             response = self._http(method, url, **kwargs)
         else:
-            namespace, key = self.concurrency_key(url)
-            with concurrency_slot(namespace, key, self.concurrency_limit, deadline=self.deadline):
+            with self._slot(url):
                 response = self._http(method, url, **kwargs)
         if self.on_response is not None:
             self.on_response(response)

@@ -48,6 +48,22 @@ DATETIME_KEYS = ("scheduledFrom", "scheduledTill", "completed", "rowInfo.created
 # Fields the engine writes that the create (PUT) schema lacks (reference §3, "Not in the create schema"):
 # they go in a follow-up POST update, whose schema has them, so they are never silently dropped.
 UPDATE_ONLY_FIELDS = ("status", "personal", "meetingPlace", "participants", "customFields")
+
+
+def is_new_record_value(name: str, value: Any, fields: dict) -> bool:
+    """Whether a new record has this update-only value already, so the follow-up update can leave it out.
+
+    No place, no participants; a scheduled activity's status is SCHEDULED (UNCONFIRMED, reference §3; the
+    sandbox does so). Were it NEW, the next poll reads that as a Raynet edit of the record: one Outlook
+    PATCH that changes nothing there, the status stays NEW, nothing is lost.
+    """
+    if name in ("meetingPlace", "participants"):
+        return not value
+    if name == "status":
+        return value == "SCHEDULED" and fields.get("scheduledFrom") is not None
+    return False
+
+
 RATE_LIMIT_SAVE_EVERY = 20  # responses between saves of the X-Ratelimit-* numbers
 RATE_LIMIT_SAVE_SECONDS = 30.0
 UNREADABLE_KEY = "undecryptable_key"
@@ -289,13 +305,19 @@ class RaynetClient:
         return self._activity(entity, data)
 
     def create_activity(self, entity: str, fields: dict, *, ext_id: str | None = None) -> int:
-        """Create with PUT (201 + data.id, reference §2), then tag the ext id and set the update-only fields.
+        """Create with PUT (201 + data.id, reference §2), then tag the ext id and set the update-only fields
+        a new record does not have already (is_new_record_value): two writes for a plain event, three with a
+        place or participants.
 
         The ext id goes on first so that a create retried after a crash finds the record
         (find_by_ext_id); Raynet takes no ext id in the create body itself (reference §2, External IDs).
         """
         create_fields = {key: value for key, value in fields.items() if key not in UPDATE_ONLY_FIELDS}
-        update_fields = {key: value for key, value in fields.items() if key in UPDATE_ONLY_FIELDS}
+        update_fields = {
+            key: value
+            for key, value in fields.items()
+            if key in UPDATE_ONLY_FIELDS and not is_new_record_value(key, value, fields)
+        }
         # Never resent once it may have reached Raynet: a lost reply would make a second record.
         response = self._request("PUT", self._entity_path(entity), body=create_fields, idempotent=False)
         if response.status_code != 201:  # Raynet's own PHP client treats anything else as an error (§2)

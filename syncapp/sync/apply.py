@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from django.db import transaction
 from django.utils import timezone
 
 from syncapp.models import DeletionMode, EffectivePolicy, EventLink, UserMapping
@@ -47,6 +48,28 @@ from syncapp.sync.runlog import RunLog
 
 logger = logging.getLogger("syncapp.sync")
 
+# Links finished (and log entries kept) before the applier commits them together in one transaction.
+BATCH_SIZE = 100
+# What carrying out an action changes on a link (bulk_update writes these; the rest never changes).
+OUTCOME_FIELDS = [
+    "raynet_type",
+    "raynet_id",
+    "outlook_event_id",
+    "ical_uid",
+    "series_master_id",
+    "raynet_hash",
+    "outlook_hash",
+    "raynet_updated_at",
+    "outlook_change_key",
+    "outlook_attendees",
+    "starts_at",
+    "ends_at",
+    "state",
+    "intent",
+    "held_gone",
+    "updated",
+]
+
 # How far back of the intent an orphan's rowInfo.createdAt may be: Raynet stamps minutes (reference §4).
 ORPHAN_CLOCK_SLACK = timedelta(minutes=2)
 
@@ -71,6 +94,30 @@ class Applier:
     directory: RaynetDirectory
     mapped_organizers: frozenset[str]
     links: list[EventLink] = field(default_factory=list)
+    finished: dict[int, EventLink] = field(default_factory=dict)  # by pk, outcomes not yet written
+
+    # --- the batch --------------------------------------------------------------------------------
+    def done(self, link: EventLink) -> None:
+        """The link's outcome is settled: written with the batch's others, its intent stays stored till then."""
+        link.record_outcome()
+        self.finished[link.pk] = link
+
+    def flush_if_full(self) -> None:
+        if len(self.finished) + len(self.log.pending) >= BATCH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """The batch's link outcomes and log entries in one transaction (one UPDATE, one INSERT).
+
+        Every intent was stored before its call, so a run killed before this finds each write it made
+        (apply.py's docstring): what is lost is the log of the batch, which the recovery logs again.
+        """
+        links = [link for link in self.finished.values() if link.pk is not None]
+        with transaction.atomic():
+            if links:
+                EventLink.objects.bulk_update(links, OUTCOME_FIELDS)
+            self.log.flush()
+        self.finished = {}
 
     def run(self, action: Action) -> None:
         pair, link = action.pair, action.pair.link
@@ -94,9 +141,11 @@ class Applier:
             case Kind.FREEZE:
                 self.store_raynet_state(link, pair.activity)
                 link.freeze()
+                self.done(link)
                 self.log.record("frozen", Reason.FROZEN, link=link)
             case Kind.FORGET:
                 link.mark_deleted()
+                self.done(link)
                 self.log.record("deleted", action.reason, action.params, link=link)
             case Kind.SETTLE:
                 self.settle(link, pair)
@@ -142,7 +191,7 @@ class Applier:
             self.store_outlook_state(link, event)
             if edited_since_created(event):
                 link.outlook_hash = ""  # the user's edits since our create are changes to sync, not our baseline
-            link.record_outcome()
+            self.done(link)
             self.log.record("recovered", Reason.RECOVERED_OUTLOOK, direction=TO_OUTLOOK, link=link)
             return
         # Nothing was made: make it now from the activity as it is today (it may be gone meanwhile).
@@ -174,7 +223,7 @@ class Applier:
         edited = found.get("rowInfo.updatedBy") not in (None, found.get("rowInfo.createdBy"))
         if edited:
             link.raynet_hash = ""  # someone edited it since our create: changes to sync, not our baseline
-        link.record_outcome()
+        self.done(link)
         self.log.record("recovered", reason, direction=TO_RAYNET, link=link)
         if event is not None and not edited:
             # What the interrupted create had still to write (place, participants: the update after it).
@@ -186,6 +235,7 @@ class Applier:
         intent = link.intent or {}
         if intent.get("op") != Kind.CREATE_IN_RAYNET or not intent.get("title"):
             return None
+        self.flush()  # a record adopted earlier in this run is taken: the query below must see it
         since = datetime.fromisoformat(intent["at"]) - ORPHAN_CLOCK_SLACK
         start, end = datetime.fromisoformat(intent["from"]), datetime.fromisoformat(intent["till"])
         rows = self.raynet.list_activities(
@@ -213,6 +263,7 @@ class Applier:
         return free[0] if free else None
 
     def recovery_owner(self, event: dict, link: EventLink) -> int | None:
+        self.flush()  # the links finished earlier in this run count too
         existing = (
             EventLink.objects.filter(organization_id=self.mapping.organization_id, ical_uid=event.get("iCalUId") or "-")
             .exclude(state=EventLink.State.DELETED)
@@ -234,6 +285,7 @@ class Applier:
     def drop(self, link: EventLink) -> None:
         """The intent's source is gone before anything was made: the intent goes with it."""
         self.links.remove(link)
+        self.finished.pop(link.pk, None)
         link.delete()
 
     def settle(self, link: EventLink, pair: Pair) -> None:
@@ -242,7 +294,7 @@ class Applier:
             self.store_outlook_state(link, pair.event)
         if pair.activity is not None:
             self.store_raynet_state(link, pair.activity)
-        link.record_outcome()
+        self.done(link)
         self.log.record("recovered", Reason.OWN_WRITE_RECOGNIZED, link=link)
 
     # --- Outlook → Raynet -------------------------------------------------------------------------
@@ -280,7 +332,7 @@ class Applier:
         expected = f.raynet_after_write(None, write, owner_id=owner_id, wanted_person_ids=persons)
         self.store_raynet_state(link, expected)
         link.outlook_attendees = sorted(set(f.outlook_attendee_emails(event)) & set(self.emails_of(persons)))
-        link.record_outcome()
+        self.done(link)
         reason = Reason.CREATED_TIME_BLOCKER if time_blocker else Reason.CREATED_IN_RAYNET
         self.log.record("created", reason, {"title": write["title"]}, direction=TO_RAYNET, link=link)
 
@@ -310,7 +362,7 @@ class Applier:
         self.raynet.update_activity(link.raynet_type, link.raynet_id, write)
         self.store_raynet_state(link, expected)
         self.store_outlook_state(link, event)
-        link.record_outcome()
+        self.done(link)
         if not quiet:
             self.log_update(link, action, TO_RAYNET)
 
@@ -371,7 +423,7 @@ class Applier:
         )
         self.store_outlook_state(link, event)
         link.outlook_attendees = sorted(set(emails) & set(f.outlook_attendee_emails(event)))
-        link.record_outcome()
+        self.done(link)
         title = str(activity.get("title") or "")
         if emails:
             params = {"title": title, "count": len(emails)}
@@ -400,7 +452,7 @@ class Applier:
         updated = self.outlook.update_event(self.mapping.outlook_user_id, link.outlook_event_id, patch)
         self.store_outlook_state(link, updated)
         self.store_raynet_state(link, activity)
-        link.record_outcome()
+        self.done(link)
         self.log_update(link, action, TO_OUTLOOK)
 
     def log_update(self, link: EventLink, action: Action | None, direction: str) -> None:
@@ -444,6 +496,7 @@ class Applier:
         else:
             done = "ignored"
         link.mark_deleted()
+        self.done(link)
         self.log.record(done, action.reason, action.params, direction=TO_RAYNET, link=link)
 
     def delete_in_outlook(self, link: EventLink, event: dict | None, action: Action) -> None:
@@ -458,6 +511,7 @@ class Applier:
                 self.outlook.delete_event(user_id, link.outlook_event_id)
             done, reason = "deleted", Reason.DELETED_OTHER_SIDE
         link.mark_deleted()
+        self.done(link)
         self.log.record(done, reason, action.params, direction=TO_OUTLOOK, link=link)
 
     # --- state on the link ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from syncapp.providers.raynet import RaynetClient
 from syncapp.sync.apply import Applier
 from syncapp.sync.deletions import IdScan
 from syncapp.sync.observe import Observation, Observer, RaynetDirectory
-from syncapp.sync.plan import ACTIVE, CREATES, DELETIONS, Action, Kind, Pair, plan, too_many_deletions
+from syncapp.sync.plan import ACTIVE, CREATES, DELETIONS, TO_RAYNET, Action, Kind, Pair, plan, too_many_deletions
 from syncapp.sync.reasons import Reason, render_reason_en
 from syncapp.sync.runlog import RunLog
 
@@ -118,19 +118,28 @@ class MappingSync:
             links=self.applier.links,
             directory=self.directory,
             mapped_organizers=self.mapped_organizers,
+            approved=self.mapping.mass_delete_approved,
         )
 
     # --- a run ----------------------------------------------------------------------------------------
     def run(self, *, full: bool, raynet_changes: list | None, id_scan: IdScan | None = None) -> Outcome:
-        self.applier.finish_pending_creates()
-        observation = self.observer().observe(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
-        self.applier.relink(observation.relinked)
-        for item in observation.unreadable:
-            self.log_unreadable(item)
-        actions = self.plan_all(observation)
-        outcome = Outcome(released=True, delta_link=observation.delta.delta_link, window_start=self.window[0].date())
-        actions = self.guard(actions, outcome)
-        self.apply_all(actions, outcome)
+        # One concurrency slot per API for the whole run, not one per request (ProviderSession.burst).
+        with self.raynet.session.burst(), self.outlook.session.burst():
+            try:
+                self.applier.finish_pending_creates()
+                observation = self.observer().observe(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
+                self.applier.relink(observation.relinked)
+                for item in observation.unreadable:
+                    self.log_unreadable(item)
+                actions = self.plan_all(observation)
+                self.log_later(actions)
+                outcome = Outcome(
+                    released=True, delta_link=observation.delta.delta_link, window_start=self.window[0].date()
+                )
+                actions = self.guard(actions, outcome)
+                self.apply_all(actions, outcome)
+            finally:
+                self.applier.flush()  # what the run did is stored before its outcome (or its failure) is
         return outcome
 
     def plan_all(self, observation: Observation) -> list[Action]:
@@ -144,27 +153,51 @@ class MappingSync:
         # Deletions last, after every update had its chance (a restore wins over a deletion).
         return sorted(actions, key=lambda action: action.kind in DELETIONS)
 
+    def log_later(self, actions: list[Action]) -> None:
+        """Occurrences beyond the horizon: one entry a run, not one per occurrence (a daily series has hundreds)."""
+        later = sum(1 for action in actions if action.kind == Kind.LATER)
+        if later:
+            params = {"count": later, "days": settings.OCCURRENCE_HORIZON_DAYS}
+            self.log.record("later", Reason.OCCURRENCES_LATER, params, direction=TO_RAYNET)
+
     def guard(self, actions: list[Action], outcome: Outcome) -> list[Action]:
-        """The mass-delete guard: too many deletions at once wait for an admin (SPEC 5)."""
+        """The mass-delete guard: too many deletions at once wait for an admin (SPEC 5).
+
+        The held deletions are remembered on their links (EventLink.held_gone) and the cursors move on: the
+        polls that follow neither read the window again nor look each held record up (observe's recall_held
+        brings them back when the admin approves). While a hold waits, every new deletion joins it.
+        """
         deletions = [action for action in actions if action.kind in DELETIONS]
+        approved = self.mapping.mass_delete_approved
+        held = [link for link in self.applier.links if link.held_gone and link.state == ACTIVE]
         if not deletions:
+            if held and not approved:
+                self.flag(outcome, len(held))
             return actions
-        active = sum(1 for link in self.applier.links if link.state == ACTIVE)
         too_many = too_many_deletions(
             len(deletions),
-            active,
+            sum(1 for link in self.applier.links if link.state == ACTIVE),
             min_count=settings.MASS_DELETE_MIN_COUNT,
             min_percent=settings.MASS_DELETE_MIN_PERCENT,
         )
-        if too_many and not self.mapping.mass_delete_approved:
-            params = {"count": len(deletions), "active": active}
-            outcome.flag_reason = render_reason_en(Reason.HELD_MASS_DELETE, params)
-            outcome.released = False
-            details = {"planned": [action.pair.link.pk for action in deletions]}
-            self.log.record("held", Reason.HELD_MASS_DELETE, params, details=details)
+        if (too_many or held) and not approved:
+            newly = [action.pair.link for action in deletions if not action.pair.link.held_gone]
+            for action in deletions:
+                action.pair.link.held_gone = action.gone.value
+            EventLink.objects.bulk_update(newly, ["held_gone"])
+            held = list({link.pk: link for link in [*held, *newly]}.values())
+            params = self.flag(outcome, len(held))
+            if newly:
+                details = {"planned": [link.pk for link in held]}
+                self.log.record("held", Reason.HELD_MASS_DELETE, params, details=details)
             return [action for action in actions if action.kind not in DELETIONS]
-        outcome.used_approval = self.mapping.mass_delete_approved
+        outcome.used_approval = approved
         return actions
+
+    def flag(self, outcome: Outcome, held: int) -> dict:
+        params = {"count": held, "active": sum(1 for link in self.applier.links if link.state == ACTIVE)}
+        outcome.flag_reason = render_reason_en(Reason.HELD_MASS_DELETE, params)
+        return params
 
     def apply_all(self, actions: list[Action], outcome: Outcome) -> None:
         for action in actions:
@@ -176,6 +209,7 @@ class MappingSync:
                 return
             try:
                 self.applier.run(action)
+                self.applier.flush_if_full()
             except ProviderError as error:
                 if error.permanent or error.kind == ErrorKind.BUDGET_SPENT:
                     raise
@@ -285,6 +319,7 @@ PREVIEW_VERBS = {
     Kind.RESTORE_IN_OUTLOOK: "restore",
     Kind.RESTORE_IN_RAYNET: "restore",
     Kind.SKIP: "skip",
+    Kind.LATER: "later",
 }
 
 

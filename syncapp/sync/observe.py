@@ -21,7 +21,7 @@ from syncapp.providers.raynet import RaynetClient
 from syncapp.sync import fields as f
 from syncapp.sync.deletions import IdScan
 from syncapp.sync.plan import ACTIVE, DELETED, Facts, Pair, raynet_hash
-from syncapp.sync.reasons import Gone
+from syncapp.sync.reasons import RAYNET_GONE, Gone
 
 logger = logging.getLogger("syncapp.sync")
 
@@ -41,7 +41,8 @@ class Observation:
     delta: DeltaResult
     facts: Facts
     unreadable: list[UnreadableItem] = field(default_factory=list)
-    # Occurrence links whose Outlook id changed (a moved series): apply records the new id.
+    # Occurrence links whose Outlook id changed (a moved series), and held links whose gone side is back:
+    # apply records them first.
     relinked: list[EventLink] = field(default_factory=list)
 
 
@@ -86,6 +87,7 @@ class Observer:
     links: list[EventLink]
     directory: RaynetDirectory
     mapped_organizers: frozenset[str]
+    approved: bool = False  # an admin approved the deletions the mass-delete guard holds back
 
     def __post_init__(self) -> None:
         self.links_by_outlook = {link.outlook_event_id: link for link in self.links if link.outlook_event_id}
@@ -103,6 +105,7 @@ class Observer:
         listed = {(a["_entity"], a["id"]) for a in activities} if raynet_changes is None else None
         self.find_missing_raynet(pairs, listed=listed, id_scan=id_scan)
         self.check_series(pairs, delta)
+        self.recall_held(pairs)
         return Observation(
             pairs=list(pairs.values()),
             delta=delta,
@@ -276,6 +279,26 @@ class Observer:
                     if pair.event is None and not pair.outlook_gone:
                         pair.outlook_gone = Gone.OCCURRENCE_DELETED
 
+    def recall_held(self, pairs: dict) -> None:
+        """A deletion the guard holds was found once and is not looked for again (each poll would): it joins
+        the run when the admin approved it, or when its other side changed (a restore may win over it)."""
+        for link in self.links:
+            if not link.held_gone or link.state != ACTIVE or not (self.approved or link.pk in pairs):
+                continue
+            pair = pairs.setdefault(link.pk, Pair(link=link))
+            gone = Gone(link.held_gone)
+            if gone in RAYNET_GONE:
+                back = pair.activity is not None and pair.activity.get("status") != "CANCELLED"
+            else:
+                back = pair.event is not None and not pair.event.get("isCancelled")
+            if back:  # not gone after all (an Outlook event restored from Deleted Items): nothing is held
+                link.held_gone = ""
+                self.relinked.append(link)
+            elif gone in RAYNET_GONE:
+                pair.raynet_gone = pair.raynet_gone or gone
+            else:
+                pair.outlook_gone = pair.outlook_gone or gone
+
     def links_of_series(self, master_id: str) -> list[EventLink]:
         return [
             link
@@ -284,7 +307,8 @@ class Observer:
         ]
 
     def active_links_in_window(self) -> list[EventLink]:
-        return [link for link in self.links if link.state == ACTIVE and self.in_window(link)]
+        """The links whose sides are looked for; a held deletion's are known gone (recall_held)."""
+        return [link for link in self.links if link.state == ACTIVE and not link.held_gone and self.in_window(link)]
 
     def in_window(self, link: EventLink) -> bool:
         start, end = self.window
@@ -327,4 +351,5 @@ class Observer:
             elsewhere=elsewhere,
             invitation_links=invitation_links,
             organizer_persons={email: self.directory.user_person(email) for email in sorted(organizers)},
+            occurrence_horizon=self.policy.occurrence_horizon(),
         )

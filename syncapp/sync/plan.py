@@ -39,6 +39,9 @@ class Kind(StrEnum):
     FORGET = "forget"  # both sides are gone: the link is closed, nothing is written
     SETTLE = "settle"  # an interrupted run's own write is on the other side: record it, write nothing
     SKIP = "skip"
+    # An occurrence of a recurring series beyond the occurrence horizon: not yet (SPEC policy 6). Never a
+    # deletion: it is created when a whole-window read finds it within the horizon.
+    LATER = "later"
     NOTHING = "nothing"
 
 
@@ -71,6 +74,8 @@ class Facts:
     invitation_links: Mapping[str, tuple[str, int | None]] = field(default_factory=dict)
     # Organizer e-mail → Raynet person id, for the organizers of invitations in this run (None: not a user).
     organizer_persons: Mapping[str, int | None] = field(default_factory=dict)
+    # Occurrences of a series starting after this become Raynet events later (None: no horizon).
+    occurrence_horizon: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,8 @@ def plan_import(pair: Pair, policy: EffectivePolicy, facts: Facts) -> Action:
     skipped = import_skip(event, policy, facts.window)
     if skipped is None:
         owner_id, skipped = owner_of(event, facts)
+        if skipped is None and beyond_horizon(event, facts.occurrence_horizon):
+            return Action(Kind.LATER, pair, TO_RAYNET, Reason.BEYOND_HORIZON)
         if skipped is None:
             return Action(Kind.CREATE_IN_RAYNET, pair, TO_RAYNET, owner_id=owner_id)
     reason, params = skipped
@@ -251,6 +258,11 @@ def import_skip(event: dict, policy: EffectivePolicy, window: tuple[datetime, da
     if end < window[0] or start > window[1]:
         return Reason.OUTSIDE_WINDOW, {}
     return None
+
+
+def beyond_horizon(event: dict, horizon: datetime | None) -> bool:
+    """An occurrence of a series (a single event never is) that starts after the occurrence horizon."""
+    return horizon is not None and bool(event.get("seriesMasterId")) and f.outlook_times(event)[0] > horizon
 
 
 def owner_of(event: dict, facts: Facts):

@@ -24,6 +24,9 @@ class Gone(StrEnum):
     CANCELLED_IN_RAYNET = "cancelled_in_raynet"
 
 
+RAYNET_GONE = frozenset({Gone.DELETED_IN_RAYNET, Gone.CANCELLED_IN_RAYNET})  # the others: Outlook's side
+
+
 GONE_WORDS = {
     Gone.DELETED_IN_OUTLOOK: pgettext_lazy("gone", "deleted in Outlook"),
     Gone.CANCELLED_IN_OUTLOOK: pgettext_lazy("gone", "cancelled in Outlook"),
@@ -49,6 +52,9 @@ class Reason(StrEnum):
     ORGANIZER_NOT_RAYNET_USER = "organizer_not_raynet_user"
     FROZEN_SKIPPED = "frozen_skipped"
     UNREADABLE = "unreadable"
+    # later
+    BEYOND_HORIZON = "beyond_horizon"
+    OCCURRENCES_LATER = "occurrences_later"
     # done
     CREATED_IN_OUTLOOK = "created_in_outlook"
     CREATED_IN_OUTLOOK_INVITED = "created_in_outlook_invited"
@@ -93,6 +99,13 @@ MESSAGES = {
     Reason.ORGANIZER_NOT_RAYNET_USER: _("skipped: organizer %(organizer)s is not a Raynet user"),
     Reason.FROZEN_SKIPPED: _("skipped: the activity is completed in Raynet (link frozen)"),
     Reason.UNREADABLE: _("skipped: could not read %(side)s item %(item_id)s “%(title)s” (%(problem)s)"),
+    Reason.BEYOND_HORIZON: _(
+        "later: an occurrence beyond the occurrence horizon; it becomes a Raynet event when it comes within it"
+    ),
+    Reason.OCCURRENCES_LATER: _(
+        "later: %(count)s occurrence(s) of recurring series are more than %(days)s days ahead; "
+        "each becomes a Raynet event when it comes within %(days)s days"
+    ),
     Reason.CREATED_IN_OUTLOOK: _("created Outlook event “%(title)s”"),
     Reason.CREATED_IN_OUTLOOK_INVITED: _("created Outlook event “%(title)s” and invited %(count)s attendee(s)"),
     Reason.CREATED_IN_RAYNET: _("created Raynet event “%(title)s” from Outlook"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import template
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 register = template.Library()
 
@@ -17,6 +18,7 @@ ACTION_LABELS = {
     "conflict": _("conflict"),
     "frozen": _("frozen"),
     "held": _("held back"),
+    "later": pgettext_lazy("log action", "later"),
     "error": _("error"),
 }
 
