@@ -35,8 +35,8 @@ LOG_PAGE_SIZE = 50
 
 
 def portal_context(request: HttpRequest) -> dict:
-    """Template context of every page: the languages for the switcher."""
-    return {"portal_languages": settings.LANGUAGES}
+    """Template context of every page: the languages for the switcher, whether the simulated apps are there."""
+    return {"portal_languages": settings.LANGUAGES, "sandbox_enabled": settings.SANDBOX_ENABLED}
 
 
 @login_required
