@@ -17,7 +17,7 @@ from syncapp.models import (
     SyncRun,
     UserMapping,
 )
-from syncapp.onboarding import mapping_delete, mapping_switch
+from syncapp.onboarding import mapping_delete, mapping_switch, organization_delete
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
 from syncapp.secrets import MASK, UNREADABLE
@@ -45,6 +45,13 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["name", "code"]
     readonly_fields = ["code", "created"]
     inlines = [MembershipInline]
+
+    def delete_model(self, request, obj) -> None:
+        organization_delete(organization=obj)  # Raynet's webhook and the Graph subscriptions go first
+
+    def delete_queryset(self, request, queryset) -> None:
+        for organization in queryset:
+            organization_delete(organization=organization)
 
 
 @admin.register(SyncPolicy)

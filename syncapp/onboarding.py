@@ -62,6 +62,15 @@ def organization_create(*, name: str, user: AbstractBaseUser) -> Organization:
     return organization
 
 
+def organization_delete(*, organization: Organization) -> None:
+    """Delete an organization with all of its data, after asking Raynet and Graph to stop calling us."""
+    if getattr(organization, "raynet", None) is not None:
+        raynet_disconnect(organization=organization)
+    if getattr(organization, "microsoft", None) is not None:
+        microsoft_disconnect(organization=organization)
+    organization.delete()
+
+
 def invitation_send(*, organization: Organization, email: str, role: str, invited_by, accept_url_for) -> Invitation:
     """Invite a colleague (again: a repeated invitation updates the role and re-sends the link)."""
     invitation, _created = Invitation.objects.update_or_create(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from syncapp import jobs, notifications, onboarding
-from syncapp.admin import UserMappingAdmin
-from syncapp.models import MicrosoftConnection, RaynetConnection, SyncRun, UserMapping
+from syncapp.admin import OrganizationAdmin, UserMappingAdmin
+from syncapp.models import MicrosoftConnection, Organization, RaynetConnection, SyncRun, UserMapping
 from syncapp.sync import sync_mapping
 from tests.outlook_fixtures import OUTLOOK_TENANT_ID
 from tests.raynet_fixtures import RAYNET_API_KEY, RAYNET_API_USER, RAYNET_BASE_URL, RAYNET_INSTANCE
@@ -107,3 +107,13 @@ def test_a_mapping_deleted_in_the_admin_deletes_its_graph_subscription(world, rf
 
     assert world.outlook.state["subscriptions"] == {}
     assert not UserMapping.objects.filter(pk=mapping.pk).exists()
+
+
+def test_an_organization_deleted_in_the_admin_removes_its_webhook_and_subscriptions_first(world, rf):
+    notifications.raynet_webhook_register(organization=world.org)
+    notifications.mailbox_subscribe(mapping=world.alice.mapping)
+
+    OrganizationAdmin(Organization, None).delete_queryset(rf.post("/"), Organization.objects.filter(pk=world.org.pk))
+
+    assert world.raynet.state["webhooks"] == [] and world.outlook.state["subscriptions"] == {}
+    assert not Organization.objects.filter(pk=world.org.pk).exists()
