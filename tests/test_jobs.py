@@ -59,8 +59,8 @@ def test_a_request_that_comes_while_the_mailbox_syncs_outlives_the_runs_outcome(
     mapping = world.alice.mapping
     real_engine_for = service.engine_for
 
-    def engine_hearing_a_notification(*args):
-        engine = real_engine_for(*args)
+    def engine_hearing_a_notification(*args, **kwargs):
+        engine = real_engine_for(*args, **kwargs)
         real_run = engine.run
 
         def run(**kwargs):  # the row was read and the request claimed: now a notification comes
