@@ -48,6 +48,11 @@ RETRY_BACKOFF_MAX = timedelta(minutes=30)
 BUDGET_RESERVE = 0.1
 # Raynet requests one poll of an organization costs: two change listings, the deletion id scan, a few reads.
 POLL_BASE_COST = 6
+# A request still pending this long after it was made has lost its task: the worker died with it, or the
+# task found the mailbox held by a run that does not take requests (`manage.py sync`) and left it waiting.
+# The next request or poll queues a task again, so a mailbox is never blocked for good (a task too many
+# finds nothing to claim and ends).
+REQUEST_LOST_AFTER = timedelta(seconds=2 * settings.SYNC_RUN_DEADLINE)
 
 
 def mapping_sync_request(*, mapping: UserMapping, trigger: str, full: bool = False) -> bool:
@@ -60,7 +65,7 @@ def mapping_sync_request(*, mapping: UserMapping, trigger: str, full: bool = Fal
     pending.update(
         **({"sync_request_full": True} if full else {}), sync_request_changes=None, sync_request_heard_at=now
     )
-    return queue_claimed(mapping, pending.filter(sync_requested_at__isnull=True), now=now, trigger=trigger)
+    return queue_claimed(mapping, pending, now=now, trigger=trigger)
 
 
 def mapping_poll_request(*, mapping: UserMapping, share: dict | None, trigger: str) -> bool:
@@ -77,7 +82,7 @@ def mapping_poll_request(*, mapping: UserMapping, share: dict | None, trigger: s
         )
         if checks:
             checks_add(mapping, checks)
-    return queue_claimed(mapping, pending.filter(sync_requested_at__isnull=True), now=now, trigger=trigger)
+    return queue_claimed(mapping, pending, now=now, trigger=trigger)
 
 
 def raynet_deletion_request(*, mapping: UserMapping, entity: str, record_id: int) -> bool:
@@ -98,7 +103,9 @@ def checks_add(mapping: UserMapping, records: list[list]) -> None:
             UserMapping.objects.filter(pk=mapping.pk).update(sync_request_checks=waiting + added)
 
 
-def queue_claimed(mapping: UserMapping, unclaimed, *, now: datetime, trigger: str) -> bool:
+def queue_claimed(mapping: UserMapping, pending, *, now: datetime, trigger: str) -> bool:
+    """Mark the request and queue a task, unless one is waiting for the mailbox already (and not lost)."""
+    unclaimed = pending.filter(Q(sync_requested_at__isnull=True) | Q(sync_requested_at__lt=now - REQUEST_LOST_AFTER))
     claimed = unclaimed.update(sync_requested_at=now, sync_request_trigger=trigger)
     if claimed:
         async_task("syncapp.tasks.sync_mapping_task", mapping.pk, task_name=f"sync mapping {mapping.pk}")

@@ -92,6 +92,29 @@ def test_a_request_while_another_worker_holds_the_mailbox_is_run_by_the_holder(w
     assert [SyncRun.objects.get(pk=pk).status for pk in sync_mapping_task(mapping.pk)] == [SyncRun.Status.OK]
 
 
+def test_a_request_left_waiting_by_a_run_that_takes_no_requests_is_queued_again_later(world, queued):
+    """`manage.py sync` holds the mailbox and does not look at requests: the task that found it held ends, and
+    the request would wait for good, swallowing every later notification of that mailbox, if it never aged."""
+    mapping = world.alice.mapping
+    jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)
+    from django.db import connections
+
+    cli = connections.create_connection("default")
+    with cli.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [service.MAILBOX_LOCK_BASE + mapping.pk])
+        assert sync_mapping_task(mapping.pk) == []  # the task ends; the request stays
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [service.MAILBOX_LOCK_BASE + mapping.pk])
+    cli.close()
+    tasks_before = queued()
+    assert not jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)  # a task waits
+    UserMapping.objects.filter(pk=mapping.pk).update(
+        sync_requested_at=timezone.now() - jobs.REQUEST_LOST_AFTER - timedelta(seconds=1)
+    )
+    assert jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)  # lost: queued again
+    assert queued() == tasks_before + 1
+    assert [SyncRun.objects.get(pk=pk).trigger for pk in sync_mapping_task(mapping.pk)] == [SyncRun.Trigger.WEBHOOK]
+
+
 def test_a_transient_failure_is_retried_when_the_api_allows(world, queued):
     mapping = world.alice.mapping
     world.outlook.throttle(times=50, retry_after="120")
