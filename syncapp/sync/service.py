@@ -126,6 +126,10 @@ def sync_mapping(
         if not locked:
             return skipped_run(mapping, trigger, "Another sync of this mailbox is running.")
         mapping.refresh_from_db()
+        if directory is not None:
+            # The organization's cycle read its policy and connections once (and its clients keep the
+            # connections' budget state up to date): not again per mailbox.
+            mapping.organization = directory.organization
         reason = not_ready_reason(mapping) or waiting_reason(mapping)
         if reason:
             return skipped_run(mapping, trigger, reason)
@@ -166,7 +170,20 @@ def record_outcome(mapping: UserMapping, outcome: Outcome, log: RunLog, *, read_
         mapping.health, mapping.health_reason = UserMapping.Health.FLAGGED, outcome.flag_reason
     elif mapping.health != UserMapping.Health.FLAGGED or outcome.released:
         mapping.health, mapping.health_reason = health_after(log, outcome)
-    mapping.save()
+    # Only what a run decides: a sync request noted meanwhile (jobs.py) is not written over.
+    mapping.save(update_fields=OUTCOME_FIELDS)
+
+
+OUTCOME_FIELDS = [
+    "graph_delta_link",
+    "graph_delta_window_start",
+    "raynet_cursor",
+    "mass_delete_approved",
+    "not_before",
+    "last_synced_at",
+    "health",
+    "health_reason",
+]
 
 
 def mapping_dry_run(*, mapping: UserMapping) -> MappingPlan:

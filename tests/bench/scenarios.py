@@ -200,6 +200,12 @@ def section_changes() -> list[Row]:
             own, other = ("raynet", "graph") if change.side == "raynet" else ("graph", "raynet")
             writes = used[f"{other}_writes"]
             extra_reads = used["graph_reads"] - idle["graph_reads"] + used["raynet_reads"] - idle["raynet_reads"]
+            # A deletion is proven by one read of the side it happened on: Raynet keeps no tombstones (a 404
+            # of the record missing from the id listing), and Graph's delta reports an event that left the
+            # window as removed too (a GET tells which). Nothing is read before the write.
+            proof = 1 if change.kind == "delete" else 0
+            own_reads = used[f"{own}_reads"] - idle[f"{own}_reads"]
+            extra_reads -= min(proof, own_reads)
             wanted_writes = 2 if (change.side, change.kind) == ("outlook", "create") else 1
             value = (
                 f"Raynet {used['raynet_writes']} writes / {used['raynet_reads'] - idle['raynet_reads']:+d} reads, "
@@ -208,6 +214,8 @@ def section_changes() -> list[Row]:
             if not arrived:
                 value = "not on the other side after the next poll; " + value
             target = f"≤ {wanted_writes} write{'s' if wanted_writes > 1 else ''}, 0 extra reads"
+            if proof:
+                target += f" (+1 {change.side.capitalize()} read: the deletion's proof)"
             met = arrived and writes <= wanted_writes and used[f"{own}_writes"] == 0 and extra_reads <= 0
             rows.append(Row("2 change", f"{change.kind} in {change.side.capitalize()}", value, target, met))
         rows.append(held_mailbox_cost(bench, alice, idle))
