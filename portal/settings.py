@@ -72,6 +72,9 @@ RAYNET_DELETION_CHECK_SECONDS = envint("RAYNET_DELETION_CHECK_SECONDS", 3600)
 # Occurrences of recurring Outlook series become Raynet events only this many days ahead (SPEC policy 6);
 # later ones are added as they come within it (the daily whole-window read), as Dynamics 365 does.
 OCCURRENCE_HORIZON_DAYS = envint("OCCURRENCE_HORIZON_DAYS", 90)
+# A mailbox's first sync spends at most this share (%) of the organization's daily Raynet budget (all first
+# syncs together), nearest events first; the rest follows on the next days.
+FIRST_SYNC_BUDGET_SHARE = envint("FIRST_SYNC_BUDGET_SHARE", 50)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 
+from syncapp.dashboard import first_sync_outlook, mappings_with_counts
 from syncapp.jobs import mapping_sync_request
 from syncapp.models import (
     EventLink,
@@ -126,10 +127,28 @@ class UserMappingAdmin(ReadOnlyAdmin):
         "last_synced_at",
         "subscription_expires_at",
         "subscription_note",
+        "first_sync",
     ]
+    readonly_fields = ["first_sync"]
     list_filter = ["organization", "enabled", "health"]
     search_fields = ["raynet_email", "outlook_upn", "outlook_user_id", "=raynet_person_id"]
     actions = ["sync_now", "full_resync", "approve_held_deletions", "disable", "reset_mailbox_cursor"]
+
+    @admin.display(description="First sync")
+    def first_sync(self, obj: UserMapping) -> str:
+        """Progress of a first sync that waits for the Raynet budget, and when it should be done."""
+        if obj.first_sync_done_at:
+            return f"done {obj.first_sync_done_at:%Y-%m-%d %H:%M} UTC"
+        if not obj.first_sync_pending:
+            return "under way" if obj.last_synced_at else "not started"
+        outlook = first_sync_outlook(obj.organization, list(mappings_with_counts(obj.organization)))
+        if outlook is None:  # no Raynet connection any more
+            return f"{obj.first_sync_pending} to do"
+        progress = outlook.mappings[obj.pk]
+        return (
+            f"{progress.linked} linked, {progress.pending} to do; done by about {progress.done_by:%Y-%m-%d} "
+            f"(first syncs may spend {outlook.cap} Raynet requests a day)"
+        )
 
     @admin.action(description="Sync now")
     def sync_now(self, request, queryset) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 
@@ -31,6 +32,50 @@ def mappings_with_counts(organization: Organization):
     return organization.mappings.annotate(
         linked=Count("links", filter=Q(links__state=EventLink.State.ACTIVE))
     ).order_by("raynet_email")
+
+
+@dataclass(frozen=True)
+class FirstSyncProgress:
+    """A first sync waiting for budget: events linked, events still to make in Raynet, and when it ends."""
+
+    linked: int
+    pending: int
+    done_by: date  # the budget day (UTC) its last events should be made on
+
+
+@dataclass(frozen=True)
+class FirstSyncOutlook:
+    """All first syncs of an organization that wait for budget."""
+
+    pending: int
+    cap: int  # Raynet requests a day first syncs may spend
+    done_by: date
+    mappings: dict[int, FirstSyncProgress]
+
+
+def first_sync_outlook(organization: Organization, mappings: list[UserMapping]) -> FirstSyncOutlook | None:
+    """When the first syncs that wait for budget should be done, from the events each has left, what a first
+    sync has spent per event made, and the share a day: runs take the mailboxes in turn (by pk), so each
+    day's share goes to the first ones. `mappings` carry `linked` (mappings_with_counts). Two queries."""
+    raynet = getattr(organization, "raynet", None)
+    waiting = sorted((m for m in mappings if m.first_sync_done_at is None and m.first_sync_pending), key=lambda m: m.pk)
+    if raynet is None or not waiting:
+        return None
+    cost, cap, room, today = (
+        raynet.first_sync_cost_per_event(),
+        raynet.first_sync_cap,
+        raynet.first_sync_room(),
+        raynet.budget_day(),
+    )
+    progress, requests = {}, 0.0
+    for mapping in waiting:
+        requests += mapping.first_sync_pending * cost
+        days = 0 if requests <= room else math.ceil((requests - room) / max(cap, 1))
+        progress[mapping.pk] = FirstSyncProgress(
+            mapping.linked, mapping.first_sync_pending, today + timedelta(days=days)
+        )
+    pending = sum(p.pending for p in progress.values())
+    return FirstSyncOutlook(pending=pending, cap=cap, done_by=progress[waiting[-1].pk].done_by, mappings=progress)
 
 
 def advice_for(mapping: UserMapping) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -18,6 +18,11 @@ from syncapp.secrets import EncryptedSecretField
 
 if TYPE_CHECKING:
     from syncapp.providers.base import ConnectionCheck
+
+# Raynet's daily request budget per instance unless the X-Ratelimit-Limit header says otherwise (reference §6).
+RAYNET_DAILY_LIMIT = 24_000
+# Raynet requests a first sync spends per event it makes in Raynet, until one has been measured.
+FIRST_SYNC_COST_PER_EVENT = 2.0
 
 RAYNET_REGIONS = [
     ("https://app.raynet.cz/api/v2/", "Raynet Czech Republic (app.raynet.cz)"),
@@ -188,12 +193,50 @@ class RaynetConnection(ConnectionOutcome):
         """Store the last X-Ratelimit-* numbers, and today's spend for the dashboard's 14-day chart."""
         self.save(update_fields=["rate_limit_limit", "rate_limit_remaining", "rate_limit_reset_at"])
         if self.budget_used is not None:
-            # The budget resets at midnight UTC (X-Ratelimit-Reset): the day it belongs to ends at the reset.
-            ends = self.rate_limit_reset_at or timezone.now() + timedelta(days=1)
-            day = (ends.astimezone(UTC) - timedelta(seconds=1)).date()
             RaynetBudgetDay.objects.update_or_create(
-                organization_id=self.organization_id, day=day, defaults={"used": self.budget_used}
+                organization_id=self.organization_id, day=self.budget_day(), defaults={"used": self.budget_used}
             )
+
+    def budget_day(self) -> date:
+        """The day (UTC) the budget counts now: it resets at midnight UTC (X-Ratelimit-Reset), so the day
+        ends at the reset; once that has passed, a new day has begun."""
+        now = timezone.now()
+        reset_at = self.rate_limit_reset_at
+        ends = reset_at if reset_at is not None and reset_at > now else now + timedelta(days=1)
+        return (ends.astimezone(UTC) - timedelta(seconds=1)).date()
+
+    @property
+    def first_sync_cap(self) -> int:
+        """Raynet requests a day first syncs may spend: FIRST_SYNC_BUDGET_SHARE % of the daily budget."""
+        return (self.rate_limit_limit or RAYNET_DAILY_LIMIT) * settings.FIRST_SYNC_BUDGET_SHARE // 100
+
+    def first_sync_used_today(self) -> int:
+        today = RaynetBudgetDay.objects.filter(organization_id=self.organization_id, day=self.budget_day())
+        return today.values_list("first_sync_used", flat=True).first() or 0
+
+    def first_sync_room(self) -> int:
+        """What first syncs may still spend today."""
+        return max(0, self.first_sync_cap - self.first_sync_used_today())
+
+    def record_first_sync_spend(self, *, requests: int, created: int) -> None:
+        """Add a first-sync run's Raynet requests and the events it made in Raynet to today's row."""
+        if not requests and not created:
+            return
+        day, _ = RaynetBudgetDay.objects.get_or_create(
+            organization_id=self.organization_id, day=self.budget_day(), defaults={"used": 0}
+        )
+        RaynetBudgetDay.objects.filter(pk=day.pk).update(
+            first_sync_used=F("first_sync_used") + requests, first_sync_created=F("first_sync_created") + created
+        )
+
+    def first_sync_cost_per_event(self) -> float:
+        """Raynet requests a first sync has spent per event it made in Raynet (the latest day that made any)."""
+        day = (
+            RaynetBudgetDay.objects.filter(organization_id=self.organization_id, first_sync_created__gt=0)
+            .order_by("-day")
+            .first()
+        )
+        return day.first_sync_used / day.first_sync_created if day else FIRST_SYNC_COST_PER_EVENT
 
     @property
     def budget_used(self) -> int | None:
@@ -224,6 +267,9 @@ class RaynetBudgetDay(models.Model):
     organization = models.ForeignKey(Organization, models.CASCADE, related_name="raynet_budget_days")
     day = models.DateField()
     used = models.PositiveIntegerField()
+    # Of which first syncs spent (capped at FIRST_SYNC_BUDGET_SHARE), and the events they made in Raynet.
+    first_sync_used = models.PositiveIntegerField(default=0)
+    first_sync_created = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization", "day"], name="one_budget_row_per_day")]
@@ -360,6 +406,10 @@ class UserMapping(models.Model):
     sync_requested_at = models.DateTimeField(null=True, blank=True)
     sync_request_full = models.BooleanField(default=False)
     sync_request_trigger = models.CharField(max_length=10, blank=True)
+    # The first sync (onboarding) spends at most FIRST_SYNC_BUDGET_SHARE of the daily Raynet budget, nearest
+    # events first: until it is done, the events still to make in Raynet wait for the next days' budget.
+    first_sync_done_at = models.DateTimeField(null=True, blank=True)
+    first_sync_pending = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [

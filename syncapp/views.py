@@ -35,8 +35,8 @@ LOG_PAGE_SIZE = 50
 
 
 def portal_context(request: HttpRequest) -> dict:
-    """Template context of every page: the languages for the switcher."""
-    return {"portal_languages": settings.LANGUAGES}
+    """Template context of every page: the languages for the switcher, whether the simulated apps are there."""
+    return {"portal_languages": settings.LANGUAGES, "sandbox_enabled": settings.SANDBOX_ENABLED}
 
 
 @login_required
@@ -305,11 +305,15 @@ def organization_overview(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code)
     mappings = list(dashboard.mappings_with_counts(organization))
     live, total = dashboard.notification_status(organization)
+    first_syncs = dashboard.first_sync_outlook(organization, mappings)
+    progress = first_syncs.mappings if first_syncs else {}
     context = {
         "organization": organization,
         "membership": membership,
         "setup_step": onboarding.onboarding_step(organization),
-        "mappings": [(m, dashboard.advice_for(m)) for m in mappings],
+        "mappings": [(m, dashboard.advice_for(m), progress.get(m.pk)) for m in mappings],
+        "first_syncs": first_syncs,
+        "first_sync_share": settings.FIRST_SYNC_BUDGET_SHARE,
         "flagged": [(m, dashboard.held_deletions(m)) for m in mappings if m.health == m.Health.FLAGGED],
         "raynet": getattr(organization, "raynet", None),
         "microsoft": getattr(organization, "microsoft", None),

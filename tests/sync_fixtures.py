@@ -6,8 +6,11 @@ plus a Raynet contact (a customer) and helpers to run a sync and read its trace.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import pytest
 from django.core.management import call_command
@@ -21,6 +24,17 @@ def soon(days: int = 1, hour: int = 10, minute: int = 0) -> datetime:
     """A time inside the sync window: `days` from today at `hour`:`minute` UTC."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return today + timedelta(days=days, hours=hour, minutes=minute)
+
+
+@contextmanager
+def days_later(days: int) -> Iterator[None]:
+    """Django's clock (the engine's window, both sandboxes) runs `days` ahead."""
+    from syncapp.providers.outlook import reset_token_apps
+
+    with mock.patch("syncapp.models.timezone.now", side_effect=lambda: datetime.now(UTC) + timedelta(days=days)):
+        reset_token_apps()  # MSAL's token cache keeps real time: a cached token would be stale by now
+        yield
+    reset_token_apps()
 
 
 @dataclass
@@ -163,4 +177,4 @@ def build_world(rsps, *, name: str = "Acme s.r.o.") -> World:
     return populate_world(org, raynet, outlook)
 
 
-__all__ = ["World", "build_world", "call_command", "map_person", "add_person", "soon"]
+__all__ = ["World", "build_world", "call_command", "map_person", "add_person", "soon", "days_later"]

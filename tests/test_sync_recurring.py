@@ -8,17 +8,13 @@ window (the daily one when the window moves on, or a run with full=True).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from unittest import mock
 
 import pytest
 from django.test import override_settings
 
 from syncapp.models import EventLink
-from syncapp.providers.outlook import reset_token_apps
-from tests.sync_fixtures import soon
+from tests.sync_fixtures import days_later, soon
 
 pytestmark = pytest.mark.django_db
 
@@ -53,15 +49,6 @@ def occurrence_on(world, series_id: str, n: int) -> dict:
     return world.outlook.event(
         world.alice.mailbox_id, world.outlook.occurrence_id(world.alice.mailbox_id, series_id, week(n).date())
     )
-
-
-@contextmanager
-def days_later(days: int) -> Iterator[None]:
-    """Django's clock (the engine's window, both sandboxes) runs `days` ahead."""
-    with mock.patch("syncapp.models.timezone.now", side_effect=lambda: datetime.now(UTC) + timedelta(days=days)):
-        reset_token_apps()  # MSAL's token cache keeps real time: a cached token would be stale by now
-        yield
-    reset_token_apps()
 
 
 def assert_quiet(world) -> None:

@@ -218,6 +218,8 @@ class RaynetClient:
         self._person_emails: dict[int, str] = {}
         self._person_by_email: dict[str, int | None] = {}
         self._rate_limit_lock = threading.Lock()
+        # Responses received, each one request of the daily budget (what a first sync spends: service.py).
+        self.responses = 0
         self._unsaved_responses = 0
         self._last_rate_limit_save = 0.0
 
@@ -618,6 +620,8 @@ class RaynetClient:
 
     def _track_rate_limit(self, response: requests.Response) -> None:
         """Keep X-Ratelimit-* on the connection; saved every few responses, and at once on a new day or at 0."""
+        with self._rate_limit_lock:
+            self.responses += 1
         limit = header_int(response, "X-Ratelimit-Limit")
         remaining = header_int(response, "X-Ratelimit-Remaining")
         reset = header_int(response, "X-Ratelimit-Reset")

@@ -77,6 +77,8 @@ class Sandbox:
         self.state.setdefault("calls", [])
         self.state.setdefault("faults", [])
         self.lock = threading.RLock()
+        # Set by the HTTP front (stored_sandbox): deliveries wait for `take_outgoing` instead of going out at once.
+        self.deferring = False
 
     def initial_state(self) -> dict:
         return {}
@@ -190,6 +192,51 @@ class Sandbox:
     def dispatch(self, request: SandboxRequest) -> SandboxResponse:
         raise NotImplementedError
 
+    # --- what the service sends on its own (notifications, webhooks), HTTP front -----------------------
+    def take_outgoing(self) -> list[Outgoing]:
+        """The deliveries a change queued, taken out of the state: the HTTP front POSTs them once the state is
+        committed, so a product that reacts at once (a sync run calling back) never waits on the state's lock."""
+        return []
+
+    def requeue(self, failed: list[Outgoing]) -> None:
+        """Deliveries that failed: the default (Graph) keeps no retry queue."""
+
+
+@dataclass
+class Outgoing:
+    """One POST the sandbox makes to someone else's endpoint (a Graph notification, a Raynet webhook)."""
+
+    url: str
+    payload: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+DELIVERY = threading.local()
+
+
+def delivery_session():
+    """The sandboxes' own HTTP session (a TrustedSession: TLS verified with the demo's CA bundle, as our sessions),
+    one per thread and kept alive: a new TLS connection per delivery costs a handshake and a bundle load each."""
+    from django.conf import settings
+
+    from syncapp.providers.base import TrustedSession
+
+    session = getattr(DELIVERY, "session", None)
+    if session is None or session.verify != (settings.SANDBOX_CA_BUNDLE or True):
+        DELIVERY.session = session = TrustedSession()
+    return session
+
+
+def post_outgoing(item: Outgoing) -> bool:
+    """POST one delivery; True on a 2xx."""
+    import requests
+
+    try:
+        reply = delivery_session().post(item.url, json=item.payload, headers=item.headers, timeout=(10, 60))
+    except requests.RequestException:
+        return False
+    return 200 <= reply.status_code < 300
+
 
 def request_from_prepared(prepared, base_url: str) -> SandboxRequest:
     """A SandboxRequest from a requests.PreparedRequest (the `responses` front)."""
@@ -274,7 +321,8 @@ def wait_for_release(name: str, number: int, seconds: float) -> None:
 
 @contextmanager
 def stored_sandbox(sandbox_class: type[Sandbox], key: str) -> Iterator[Sandbox]:
-    """A sandbox whose state lives in PostgreSQL, locked for the duration (HTTP front)."""
+    """A sandbox whose state lives in PostgreSQL, locked for the duration (HTTP front). What the changes made
+    meanwhile send out (notifications, webhooks) is POSTed after the state is saved and the lock released."""
     from syncapp.models import SandboxState
 
     with transaction.atomic():
@@ -282,9 +330,19 @@ def stored_sandbox(sandbox_class: type[Sandbox], key: str) -> Iterator[Sandbox]:
             name=f"{sandbox_class.name}:{key}", defaults={"data": {}}
         )
         sandbox = sandbox_class(row.data or None)
+        sandbox.deferring = True
         yield sandbox
+        outgoing = sandbox.take_outgoing()
         row.data = sandbox.state
         row.save(update_fields=["data"])
+    failed = [item for item in outgoing if not post_outgoing(item)]
+    if failed:
+        with transaction.atomic():
+            row = SandboxState.objects.select_for_update().get(pk=row.pk)
+            sandbox = sandbox_class(row.data)
+            sandbox.requeue(failed)
+            row.data = sandbox.state
+            row.save(update_fields=["data"])
 
 
 def make_sandbox_view(sandbox_class: type[Sandbox]):

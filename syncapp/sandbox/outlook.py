@@ -33,7 +33,7 @@ import requests
 from dateutil import rrule
 from django.utils import timezone
 
-from syncapp.sandbox.base import Sandbox, SandboxRequest, SandboxResponse
+from syncapp.sandbox.base import Outgoing, Sandbox, SandboxRequest, SandboxResponse, delivery_session, post_outgoing
 
 ID_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A"  # what an immutable event id looks like (§2)
 OCCURRENCE_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWgOc"
@@ -273,6 +273,7 @@ class GraphSandbox(Sandbox):
     def __init__(self, state: dict | None = None) -> None:
         super().__init__(state)
         self.on_notification: Callable[[dict], None] | None = None
+        self.outgoing: list[Outgoing] = []  # notifications held for the HTTP front (see Sandbox.take_outgoing)
         # Requests in flight per mailbox, in this process only (the HTTP front does not enforce the limit).
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight: dict[str, int] = {}
@@ -1327,7 +1328,7 @@ class GraphSandbox(Sandbox):
         """Graph's handshake (graph-api.md §4): the endpoint must echo the decoded token as text/plain in 10 s."""
         token = f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
         try:
-            reply = requests.post(
+            reply = delivery_session().post(
                 url,
                 params={"validationToken": token},
                 headers={"Content-Type": "text/plain; charset=utf-8"},
@@ -1409,12 +1410,16 @@ class GraphSandbox(Sandbox):
         self.state["notifications"].append(payload)
         if self.state.get("deliver_http") and url:
             # Graph retries a failed delivery for a while; the sandbox keeps only the record above.
-            try:
-                requests.post(url, json=payload, timeout=10)
-            except requests.RequestException:
-                pass
+            if self.deferring:
+                self.outgoing.append(Outgoing(url, payload))
+            else:
+                post_outgoing(Outgoing(url, payload))
         if self.on_notification is not None:
             self.on_notification(payload)
+
+    def take_outgoing(self) -> list[Outgoing]:
+        taken, self.outgoing = self.outgoing, []
+        return taken
 
     # === acting as a person in Outlook (no request is counted) =====================================
     def person_create_event(

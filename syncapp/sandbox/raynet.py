@@ -26,10 +26,9 @@ from typing import Any
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
-import requests
 from django.utils import timezone
 
-from syncapp.sandbox.base import Sandbox, SandboxRequest, SandboxResponse
+from syncapp.sandbox.base import Outgoing, Sandbox, SandboxRequest, SandboxResponse, post_outgoing
 
 ENTITIES = ("meeting", "event")
 ENTITY_NAMES = {"meeting": "Meeting", "event": "Event"}
@@ -397,7 +396,7 @@ class RaynetSandbox(Sandbox):
         person = self.state["persons"].get(str(person_id)) or {}
         return person.get("email") or "(unknown)"
 
-    def _person_name(self, person_id: int | None) -> str | None:
+    def person_name(self, person_id: int | None) -> str | None:
         person = self.state["persons"].get(str(person_id))
         return f"{person['firstName']} {person['lastName']}".strip() if person else None
 
@@ -465,7 +464,7 @@ class RaynetSandbox(Sandbox):
         if name == "category":
             return {"id": value, "value": f"Category {value}"}
         if name in ("person", "owner"):
-            return {"id": value, "fullName": self._person_name(value)}
+            return {"id": value, "fullName": self.person_name(value)}
         if name in ("businessCase", "offer", "salesOrder"):
             return {"id": value, "code": f"{name}-{value}", "name": f"{name} {value}"}
         if name == "securityLevel":
@@ -474,7 +473,7 @@ class RaynetSandbox(Sandbox):
 
     def _render_participant(self, participant: dict, *, with_id: bool) -> dict:
         rendered = {key: participant[key] for key in ("owner", "role")}
-        rendered["name"] = self._person_name(participant["person"])
+        rendered["name"] = self.person_name(participant["person"])
         rendered.update({key: participant[key] for key in ("person", "company", "lead")})
         return {"id": participant["id"], **rendered} if with_id else rendered
 
@@ -982,17 +981,29 @@ class RaynetSandbox(Sandbox):
 
     def deliver_webhooks(self) -> int:
         """POST every queued event with X-RAYNETCRM-Token; failures (any non-2xx) stay queued for a retry."""
-        delivered = 0
-        for item in list(self.state["webhook_outbox"]):
-            headers = {"X-RAYNETCRM-Token": item["token"]} if item["token"] else {}
-            try:
-                reply = requests.post(item["url"], json=item["payload"], headers=headers, timeout=(10, 60))
-            except requests.RequestException:
-                continue
-            if 200 <= reply.status_code < 300:
-                self.state["webhook_outbox"].remove(item)
-                delivered += 1
-        return delivered
+        outgoing = self._take_outbox()
+        failed = [item for item in outgoing if not post_outgoing(item)]
+        self.requeue(failed)
+        return len(outgoing) - len(failed)
+
+    def take_outgoing(self) -> list[Outgoing]:
+        """With `state["deliver_http"]` on, the HTTP front delivers the queued webhooks after each change, as
+        Raynet does on its own; off (the default), they wait for `deliver_webhooks`."""
+        return self._take_outbox() if self.state.get("deliver_http") else []
+
+    def _take_outbox(self) -> list[Outgoing]:
+        taken, self.state["webhook_outbox"] = self.state["webhook_outbox"], []
+        return [
+            Outgoing(item["url"], item["payload"], {"X-RAYNETCRM-Token": item["token"]} if item["token"] else {})
+            for item in taken
+        ]
+
+    def requeue(self, failed: list[Outgoing]) -> None:
+        queued = [
+            {"url": item.url, "token": item.headers.get("X-RAYNETCRM-Token"), "payload": item.payload}
+            for item in failed
+        ]
+        self.state["webhook_outbox"][:0] = queued
 
     def _list_webhooks(self, call: ApiCall) -> SandboxResponse:
         webhooks = [dict(webhook) for webhook in self.state["webhooks"]]

@@ -28,7 +28,18 @@ from syncapp.providers.raynet import RaynetClient
 from syncapp.sync.apply import Applier
 from syncapp.sync.deletions import IdScan
 from syncapp.sync.observe import Observation, Observer, RaynetDirectory
-from syncapp.sync.plan import ACTIVE, CREATES, DELETIONS, TO_RAYNET, Action, Kind, Pair, plan, too_many_deletions
+from syncapp.sync.plan import (
+    ACTIVE,
+    CREATES,
+    DELETIONS,
+    TO_RAYNET,
+    Action,
+    Kind,
+    Pair,
+    nearest_first,
+    plan,
+    too_many_deletions,
+)
 from syncapp.sync.reasons import Reason, render_reason_en
 from syncapp.sync.runlog import RunLog
 
@@ -46,6 +57,7 @@ class Outcome:
     used_approval: bool = False  # an admin's approval of held deletions was used up
     not_before: datetime | None = None  # Raynet or Graph asked us to wait this long
     stopped_at_deadline: bool = False
+    deferred: int = 0  # creates in Raynet left for the first sync's budget on the next days
 
 
 @dataclass(frozen=True)
@@ -94,8 +106,12 @@ class MappingSync:
     directory: RaynetDirectory
     mapped_organizers: frozenset[str]
     deadline: float | None = None  # a time.monotonic() instant
+    # During a mapping's first sync: the Raynet requests first syncs spent today before this run (None: not a
+    # first sync, no cap). The cap is read from the connection as the run goes: its limit comes with each answer.
+    first_sync_spent: int | None = None
 
     def __post_init__(self) -> None:
+        self.raynet_spent_before = 0
         # What the run needs before it reads: interrupted creates and held deletions. The rest is loaded by
         # the observer, all of it for a whole-window read, else only what the changes touch (load_links).
         unfinished = Q(outlook_event_id=None) | Q(raynet_id=None) | ~Q(held_gone="")
@@ -127,6 +143,7 @@ class MappingSync:
 
     # --- a run ----------------------------------------------------------------------------------------
     def run(self, *, full: bool, raynet_changes: list | None, id_scan: IdScan | None = None) -> Outcome:
+        self.raynet_spent_before = self.raynet.responses
         # One concurrency slot per API for the whole run, not one per request (ProviderSession.burst).
         with self.raynet.session.burst(), self.outlook.session.burst():
             try:
@@ -141,10 +158,22 @@ class MappingSync:
                     released=True, delta_link=observation.delta.delta_link, window_start=self.window[0].date()
                 )
                 actions = self.guard(actions, outcome)
+                if self.first_sync_spent is not None:
+                    actions = nearest_first(actions, timezone.now())
                 self.apply_all(actions, outcome)
+                if outcome.deferred:
+                    params = {"count": outcome.deferred, "cap": self.raynet.connection.first_sync_cap}
+                    self.log.record("later", Reason.FIRST_SYNC_BUDGET, params, direction=TO_RAYNET)
             finally:
                 self.applier.flush()  # what the run did is stored before its outcome (or its failure) is
         return outcome
+
+    def allowance_spent(self) -> bool:
+        """The first syncs' share of today's Raynet budget is used up (a create may pass it by its own cost)."""
+        if self.first_sync_spent is None:
+            return False
+        spent = self.first_sync_spent + self.raynet.responses - self.raynet_spent_before
+        return spent >= self.raynet.connection.first_sync_cap
 
     def plan_all(self, observation: Observation) -> list[Action]:
         actions = []
@@ -215,6 +244,9 @@ class MappingSync:
                 outcome.released, outcome.stopped_at_deadline = False, True
                 self.log.record("stopped", Reason.DEADLINE_REACHED, {"seconds": settings.SYNC_RUN_DEADLINE})
                 return
+            if action.kind == Kind.CREATE_IN_RAYNET and self.allowance_spent():
+                outcome.deferred += 1  # made when the next whole-window read finds it, on a day with budget
+                continue
             try:
                 self.applier.run(action)
                 self.applier.flush_if_full()

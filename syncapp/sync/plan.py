@@ -302,6 +302,22 @@ def plan_export(pair: Pair, policy: EffectivePolicy, facts: Facts) -> Action:
     return Action(Kind.SKIP, pair, TO_OUTLOOK, reason, params)
 
 
+# --- the first sync's order ----------------------------------------------------------------------
+
+
+def nearest_first(actions: list[Action], now: datetime) -> list[Action]:
+    """Creates by their distance from now, past or future: a first sync that the Raynet budget (or the run's
+    deadline) cuts short has made the events that matter soonest. Other actions first, deletions last."""
+
+    def key(action: Action) -> tuple[bool, bool, timedelta]:
+        if action.kind not in CREATES:
+            return action.kind in DELETIONS, False, timedelta(0)
+        start = action.starts_at
+        return False, True, abs(start - now) if start is not None else timedelta.max
+
+    return sorted(actions, key=key)
+
+
 # --- the mass-delete guard ------------------------------------------------------------------------
 
 

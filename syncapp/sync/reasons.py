@@ -55,6 +55,7 @@ class Reason(StrEnum):
     # later
     BEYOND_HORIZON = "beyond_horizon"
     OCCURRENCES_LATER = "occurrences_later"
+    FIRST_SYNC_BUDGET = "first_sync_budget"
     # done
     CREATED_IN_OUTLOOK = "created_in_outlook"
     CREATED_IN_OUTLOOK_INVITED = "created_in_outlook_invited"
@@ -105,6 +106,10 @@ MESSAGES = {
     Reason.OCCURRENCES_LATER: _(
         "later: %(count)s occurrence(s) of recurring series are more than %(days)s days ahead; "
         "each becomes a Raynet event when it comes within %(days)s days"
+    ),
+    Reason.FIRST_SYNC_BUDGET: _(
+        "later: %(count)s event(s) wait for the first sync's share of the Raynet budget "
+        "(%(cap)s requests a day); they follow on the next days, the nearest first"
     ),
     Reason.CREATED_IN_OUTLOOK: _("created Outlook event “%(title)s”"),
     Reason.CREATED_IN_OUTLOOK_INVITED: _("created Outlook event “%(title)s” and invited %(count)s attendee(s)"),

@@ -139,25 +139,41 @@ def sync_mapping(
         deadline = time.monotonic() + settings.SYNC_RUN_DEADLINE
         raynet.session.deadline = outlook.session.deadline = deadline
         try:
+            # A first sync that waited for budget goes on, with a whole read of both sides, once there is some.
+            full = full or first_sync_resumes(mapping)
             if raynet_changes is None and not full and not needs_window_read(mapping):
                 owner = mapping.raynet_person_id
                 changes = fetch_raynet_changes(raynet, since=mapping.raynet_cursor, owner_id=owner)
                 raynet_changes = changes.get(owner, [])
-            engine = engine_for(mapping, raynet, outlook, log, directory, deadline)
-            outcome = engine.run(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
+            spent_today = None if mapping.first_sync_done_at else raynet.connection.first_sync_used_today()
+            engine = engine_for(mapping, raynet, outlook, log, directory, deadline, first_sync_spent=spent_today)
+            spent_before = raynet.responses
+            try:
+                outcome = engine.run(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
+            finally:
+                if spent_today is not None:
+                    created = log.run.counts.get("to_raynet", {}).get("created", 0)
+                    raynet.connection.record_first_sync_spend(requests=raynet.responses - spent_before, created=created)
         except (SideFailed, ProviderError) as failure:
             return fail(mapping, log, failure, clients=(raynet, outlook))
         except Exception as exc:
             mapping.set_health(UserMapping.Health.ERROR, "The sync stopped on an internal error; support is notified.")
             log.finish(SyncRun.Status.FAILED, f"Internal error: {type(exc).__name__}")
             raise
-        record_outcome(mapping, outcome, log, read_at=read_at)
+        record_outcome(mapping, outcome, log, read_at=read_at, whole_window=raynet_changes is None)
         for client in (raynet, outlook):
             note_success(client.connection)
         return log.finish()
 
 
-def record_outcome(mapping: UserMapping, outcome: Outcome, log: RunLog, *, read_at: datetime) -> None:
+def record_outcome(
+    mapping: UserMapping, outcome: Outcome, log: RunLog, *, read_at: datetime, whole_window: bool
+) -> None:
+    if mapping.first_sync_done_at is None:
+        # A whole-window read counts what is left; a run of changes only adds what it had to leave.
+        mapping.first_sync_pending = outcome.deferred + (0 if whole_window else mapping.first_sync_pending)
+        if whole_window and outcome.released and not outcome.deferred:
+            mapping.first_sync_done_at = timezone.now()
     if outcome.released:
         mapping.graph_delta_link = outcome.delta_link
         mapping.graph_delta_window_start = outcome.window_start
@@ -183,6 +199,8 @@ OUTCOME_FIELDS = [
     "last_synced_at",
     "health",
     "health_reason",
+    "first_sync_pending",
+    "first_sync_done_at",
 ]
 
 
@@ -209,12 +227,23 @@ def mapping_dry_run(*, mapping: UserMapping) -> MappingPlan:
 
 
 def needs_window_read(mapping: UserMapping) -> bool:
-    """Once a day (the window moves on) and first of all, a mapping reads its whole window."""
+    """Once a day (the window moves on) and first of all, a mapping reads its whole window; and a first sync
+    that waits for budget, once there is some."""
     window_start = mapping.effective_policy(mapping.organization.policy).window()[0]
-    return mapping.raynet_cursor is None or mapping.graph_delta_window_start != window_start.date()
+    if mapping.raynet_cursor is None or mapping.graph_delta_window_start != window_start.date():
+        return True
+    return first_sync_resumes(mapping)
 
 
-def engine_for(mapping, raynet, outlook, log, directory, deadline) -> MappingSync:
+def first_sync_resumes(mapping: UserMapping) -> bool:
+    """A first sync left events for later (the budget's share was spent) and today's share has room again."""
+    if mapping.first_sync_done_at is not None or not mapping.first_sync_pending:
+        return False
+    raynet = getattr(mapping.organization, "raynet", None)
+    return raynet is not None and raynet.first_sync_room() > 0
+
+
+def engine_for(mapping, raynet, outlook, log, directory, deadline, *, first_sync_spent=None) -> MappingSync:
     policy = mapping.effective_policy(mapping.organization.policy)
     directory = directory or RaynetDirectory(raynet, mapping.organization)
     return MappingSync(
@@ -228,6 +257,7 @@ def engine_for(mapping, raynet, outlook, log, directory, deadline) -> MappingSyn
         directory=directory,
         mapped_organizers=directory.mapped_organizers,
         deadline=deadline,
+        first_sync_spent=first_sync_spent,
     )
 
 
