@@ -102,6 +102,18 @@ def save_outcomes(links: list[EventLink]) -> None:
         )
 
 
+def raynet_create_intent(write: dict, owner_id: int) -> dict:
+    """What find_orphan matches a lost reply's record on: owner, title and times of the create."""
+    return {
+        "op": Kind.CREATE_IN_RAYNET.value,
+        "at": timezone.now().isoformat(),
+        "owner": owner_id,
+        "title": write["title"],
+        "from": write["scheduledFrom"].isoformat(),
+        "till": write["scheduledTill"].isoformat(),
+    }
+
+
 def raynet_ext_id(link: EventLink) -> str:
     # A short key of our own: Graph ids contain "/", "+" and "=", unsafe in Raynet's /ext/{extId}/ path.
     return f"raysync:{link.uid.hex}"
@@ -123,6 +135,31 @@ class Applier:
     mapped_organizers: frozenset[str]
     links: list[EventLink] = field(default_factory=list)
     finished: dict[int, EventLink] = field(default_factory=dict)  # by pk, outcomes not yet written
+    prepared: dict[int, EventLink] = field(default_factory=dict)  # by id(action): creates whose intent is stored
+
+    def prepare_creates(self, actions: list[Action]) -> None:
+        """The intents of a batch's creates in one INSERT, before any of their calls (not one INSERT each).
+
+        A run killed in the batch leaves the intents of the creates it did not reach: the next run finishes
+        them as any interrupted create (finish_pending_creates); those the run skips are dropped (discard).
+        """
+        links = {}
+        for action in actions:
+            try:
+                if action.kind == Kind.CREATE_IN_OUTLOOK:
+                    links[id(action)] = self.export_link(action.pair.activity)
+                elif action.kind == Kind.CREATE_IN_RAYNET:
+                    links[id(action)] = self.import_link(action.pair.event, action.owner_id)
+            except Exception as error:  # one item's data: the action itself meets it again, and logs it
+                logger.info("create not prepared: %r", error)
+        EventLink.objects.bulk_create(links.values())
+        self.prepared.update(links)
+
+    def discard_prepared(self) -> None:
+        """The stored intents of creates the run did not carry out (it stopped, or left them for later)."""
+        if self.prepared:
+            EventLink.objects.filter(pk__in=[link.pk for link in self.prepared.values()]).delete()
+            self.prepared = {}
 
     # --- the batch --------------------------------------------------------------------------------
     def done(self, link: EventLink) -> None:
@@ -149,9 +186,9 @@ class Applier:
         pair, link = action.pair, action.pair.link
         match action.kind:
             case Kind.CREATE_IN_OUTLOOK:
-                self.export_raynet_activity(pair.activity)
+                self.export_raynet_activity(pair.activity, self.prepared.pop(id(action), None))
             case Kind.CREATE_IN_RAYNET:
-                self.import_outlook_event(pair.event, action.owner_id)
+                self.import_outlook_event(pair.event, action.owner_id, self.prepared.pop(id(action), None))
             case Kind.UPDATE_OUTLOOK:
                 self.push_to_outlook(link, pair.activity, pair.event, action)
             case Kind.UPDATE_RAYNET:
@@ -324,7 +361,13 @@ class Applier:
         self.log.record("recovered", Reason.OWN_WRITE_RECOGNIZED, link=link)
 
     # --- Outlook → Raynet -------------------------------------------------------------------------
-    def import_outlook_event(self, event: dict, owner_id: int) -> None:
+    def import_outlook_event(self, event: dict, owner_id: int, prepared: EventLink | None = None) -> None:
+        link = prepared or self.import_link(event, owner_id)
+        self.links.append(link)
+        self.create_in_raynet(link, event, owner_id, intent_stored=prepared is not None)
+
+    def import_link(self, event: dict, owner_id: int) -> EventLink:
+        """The link of an Outlook event about to be created in Raynet, with the create's intent (unsaved)."""
         link = EventLink(
             organization_id=self.mapping.organization_id,
             mapping=self.mapping,
@@ -334,10 +377,11 @@ class Applier:
             series_master_id=event.get("seriesMasterId") or "",
         )
         self.store_outlook_state(link, event)
-        self.links.append(link)
-        self.create_in_raynet(link, event, owner_id)
+        write, _persons, _blocker = self.raynet_create(link, event, owner_id)
+        link.intent = raynet_create_intent(write, owner_id)
+        return link
 
-    def create_in_raynet(self, link: EventLink, event: dict, owner_id: int) -> None:
+    def raynet_create(self, link: EventLink, event: dict, owner_id: int) -> tuple[dict, set[int], bool]:
         time_blocker = is_time_blocker(event, link, self.policy)
         write = f.raynet_fields_from_outlook(event, zone=self.zone, time_blocker=time_blocker)
         persons = set() if time_blocker else self.persons_for(f.outlook_attendee_emails(event))
@@ -347,13 +391,14 @@ class Applier:
             status="SCHEDULED",
             participants=[{"person": pid} for pid in sorted(persons)],
         )
-        # The intent, before the external write: what find_orphan matches a lost reply's record on.
-        link.record_intent(
-            Kind.CREATE_IN_RAYNET,
-            owner=owner_id,
-            title=write["title"],
-            **{"from": write["scheduledFrom"].isoformat(), "till": write["scheduledTill"].isoformat()},
-        )
+        return write, persons, time_blocker
+
+    def create_in_raynet(self, link: EventLink, event: dict, owner_id: int, *, intent_stored: bool = False) -> None:
+        write, persons, time_blocker = self.raynet_create(link, event, owner_id)
+        if not intent_stored:
+            # The intent, before the external write: what find_orphan matches a lost reply's record on.
+            link.intent = raynet_create_intent(write, owner_id)
+            link.save()
         link.raynet_id = self.raynet.create_activity(link.raynet_type, write, ext_id=raynet_ext_id(link))
         expected = f.raynet_after_write(None, write, owner_id=owner_id, wanted_person_ids=persons)
         self.store_raynet_state(link, expected)
@@ -431,7 +476,16 @@ class Applier:
         self.log.record("restored", Reason.RESTORED_IN_RAYNET, {"gone": gone.value}, direction=TO_RAYNET, link=link)
 
     # --- Raynet → Outlook -------------------------------------------------------------------------
-    def export_raynet_activity(self, activity: dict) -> None:
+    def export_raynet_activity(self, activity: dict, prepared: EventLink | None = None) -> None:
+        link = prepared
+        if link is None:
+            link = self.export_link(activity)
+            link.save()  # the intent, before the external write
+        self.links.append(link)
+        self.create_in_outlook(link, activity)
+
+    def export_link(self, activity: dict) -> EventLink:
+        """The link of a Raynet activity about to be created in Outlook, with the create's intent (unsaved)."""
         link = EventLink(
             organization_id=self.mapping.organization_id,
             mapping=self.mapping,
@@ -441,9 +495,7 @@ class Applier:
         )
         self.store_raynet_state(link, activity)
         link.intent = {"op": Kind.CREATE_IN_OUTLOOK.value, "at": timezone.now().isoformat()}
-        link.save()  # the intent, before the external write
-        self.links.append(link)
-        self.create_in_outlook(link, activity)
+        return link
 
     def create_in_outlook(self, link: EventLink, activity: dict, *, restored: bool = False) -> None:
         body = f.outlook_fields_from_raynet(activity, zone=self.zone, keep_all_day=False, time_only=False)

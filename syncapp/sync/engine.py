@@ -25,7 +25,7 @@ from syncapp.models import EffectivePolicy, EventLink, UserMapping
 from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem, unreadable
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
-from syncapp.sync.apply import Applier
+from syncapp.sync.apply import BATCH_SIZE, Applier
 from syncapp.sync.deletions import IdScan
 from syncapp.sync.observe import Observation, Observer, RaynetDirectory
 from syncapp.sync.plan import (
@@ -237,7 +237,18 @@ class MappingSync:
         return params
 
     def apply_all(self, actions: list[Action], outcome: Outcome) -> None:
-        for action in actions:
+        try:
+            self.apply_each(actions, outcome)
+        finally:
+            self.applier.discard_prepared()
+
+    def apply_each(self, actions: list[Action], outcome: Outcome) -> None:
+        for number, action in enumerate(actions):
+            if number % BATCH_SIZE == 0:
+                batch = actions[number : number + BATCH_SIZE]
+                if self.allowance_spent():
+                    batch = [a for a in batch if a.kind != Kind.CREATE_IN_RAYNET]
+                self.applier.prepare_creates(batch)
             if action.kind == Kind.NOTHING:
                 continue
             if self.deadline is not None and time.monotonic() >= self.deadline:
