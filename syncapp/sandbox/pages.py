@@ -183,13 +183,16 @@ def raynet_initial(record: dict) -> dict:
     }
 
 
+RAYNET_FIELDS = {
+    "title": "title", "start": "scheduledFrom", "end": "scheduledTill", "place": "meetingPlace",
+    "description": "description",
+}  # fmt: skip
+
+
 def raynet_fields(cleaned: dict, changed: list[str]) -> dict:
-    """The changed form fields in the sandbox's stored form (ui_edit_activity's keyword arguments)."""
-    names = {"title": "title", "start": "scheduledFrom", "end": "scheduledTill", "place": "meetingPlace"}
-    names |= {"description": "description"}
-    fields = {names[name]: cleaned[name] or None for name in changed if name in names}
-    if "title" in fields:
-        fields["title"] = cleaned["title"]
+    """The changed form fields in the sandbox's stored form (ui_edit_activity's keyword arguments); Raynet
+    stores an emptied text as null."""
+    fields = {RAYNET_FIELDS[name]: cleaned[name] or None for name in changed if name in RAYNET_FIELDS}
     if "participants" in changed:
         fields["participants"] = [int(person) for person in cleaned["participants"]]
     return fields
