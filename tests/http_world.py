@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.db import connection
@@ -82,7 +81,7 @@ def tls_sandbox_server(tls_authority, transactional_db) -> Iterator[TLSServer]:
     authority.issue_cert("127.0.0.1").configure_cert(context)
     server = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler, allow_reuse_address=False)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.set_app(StaticFilesHandler(WSGIHandler()))  # the stylesheet too, for the browser test's pages
+    server.set_app(WSGIHandler())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
