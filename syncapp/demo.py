@@ -24,7 +24,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from syncapp import onboarding
-from syncapp.jobs import has_pending_request, mapping_requested_runs, mapping_sync_request
+from syncapp.jobs import mapping_requested_runs, mapping_sync_request
 from syncapp.models import (
     ConnectionStatus,
     EventLink,
@@ -340,7 +340,7 @@ def mailbox_settle(*, mapping: UserMapping) -> None:
         mapping_requested_runs(mapping=mapping)
         with mailbox_lock(mapping.pk) as free:
             pass
-        if free and not has_pending_request(mapping.pk):
+        if free and not UserMapping.objects.filter(pk=mapping.pk, sync_requested_at__isnull=False).exists():
             return
         if time.monotonic() > give_up:
             raise DemoError("A sync of the demo took too long; see the portal's log, then run the seed again.")
