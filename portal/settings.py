@@ -212,8 +212,11 @@ Q_CLUSTER = {
     # so the broker must not also hand it out again at once.
     "ack_failures": True,
     "catch_up": False,
-    # The guard loop checks for a stop request this often; the pusher waits this long for an empty queue.
-    "guard_cycle": 0.5,
+    # The guard loop checks on the workers this often; the pusher waits this long for an empty queue.
+    # The guard runs the scheduler once its count of cycle seconds reaches 30 (django-q2 1.11 cluster.py,
+    # Sentinel.guard; not configurable): a cycle of 30 or more runs it at the first cycle, so the tests'
+    # clusters (Q_GUARD_CYCLE=30) pick up a due schedule at start instead of 30 s later.
+    "guard_cycle": float(envstr("Q_GUARD_CYCLE", "0.5")),
     "poll": 0.5,
     "save_limit": 1000,
     **({"redis": Q_BROKER_URL} if Q_BROKER_URL.startswith(("redis://", "rediss://")) else {"orm": "default"}),

@@ -18,7 +18,7 @@ from syncapp.models import (
     SyncRun,
     UserMapping,
 )
-from syncapp.onboarding import mapping_switch
+from syncapp.onboarding import mapping_delete, mapping_switch, organization_delete
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
 from syncapp.secrets import MASK, UNREADABLE
@@ -46,6 +46,13 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["name", "code"]
     readonly_fields = ["code", "created"]
     inlines = [MembershipInline]
+
+    def delete_model(self, request, obj) -> None:
+        organization_delete(organization=obj)  # Raynet's webhook and the Graph subscriptions go first
+
+    def delete_queryset(self, request, queryset) -> None:
+        for organization in queryset:
+            organization_delete(organization=organization)
 
 
 @admin.register(SyncPolicy)
@@ -133,6 +140,13 @@ class UserMappingAdmin(ReadOnlyAdmin):
     list_filter = ["organization", "enabled", "health"]
     search_fields = ["raynet_email", "outlook_upn", "outlook_user_id", "=raynet_person_id"]
     actions = ["sync_now", "full_resync", "approve_held_deletions", "disable", "reset_mailbox_cursor"]
+
+    def delete_model(self, request, obj) -> None:
+        mapping_delete(mapping=obj)  # its Graph subscription goes too
+
+    def delete_queryset(self, request, queryset) -> None:
+        for mapping in queryset.select_related("organization__microsoft"):
+            mapping_delete(mapping=mapping)
 
     @admin.display(description="First sync")
     def first_sync(self, obj: UserMapping) -> str:

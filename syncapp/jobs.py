@@ -1,7 +1,8 @@
 """Background sync: what the worker runs and when. The tasks in syncapp/tasks.py only load rows and call here.
 
 - The poll (a schedule, every SYNC_POLL_INTERVAL_MINUTES) queues one task per organization that is due;
-  that task runs `sync_organization` (one Raynet listing for all of its mailboxes).
+  that task lists Raynet once for the organization and queues one task per mailbox with its share of the
+  listing (`organization_fan_out`), so the mailboxes sync in parallel on the workers.
 - `mapping_sync_request` is how a notification, a webhook, the portal or an admin asks for a run of one
   mailbox. Requests are coalesced on the mapping row (`sync_requested_at`): a burst gives one run, and a
   request that comes while the mailbox syncs gives exactly one more run after it.
@@ -12,18 +13,31 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun, UserMapping
+from syncapp.providers.base import ProviderError
 from syncapp.sync.deletions import reported_deleted
-from syncapp.sync.service import mailbox_lock, sync_mapping, sync_organization
+from syncapp.sync.service import (
+    decoded_row,
+    failed_run,
+    listing_shares,
+    mailbox_lock,
+    make_clients,
+    not_ready_reason,
+    organization_listing,
+    sync_mapping,
+)
 
 logger = logging.getLogger("syncapp.jobs")
 
@@ -37,26 +51,58 @@ POLL_BASE_COST = 6
 
 
 def mapping_sync_request(*, mapping: UserMapping, trigger: str, full: bool = False) -> bool:
-    """Ask for a run of one mailbox. Returns whether a task was queued (False: one already waits for it)."""
+    """Ask for a run of one mailbox. Returns whether a task was queued (False: one already waits for it).
+
+    A share of the poll's listing waiting for the run is dropped: the change this request reports may be
+    newer than the listing, so the run lists Raynet itself (syncapp/sync/service.py fetch_raynet_changes)."""
     now = timezone.now()
     pending = UserMapping.objects.filter(pk=mapping.pk)
-    if full:
-        pending.update(sync_request_full=True)
-    claimed = pending.filter(sync_requested_at__isnull=True).update(sync_requested_at=now, sync_request_trigger=trigger)
+    pending.update(
+        **({"sync_request_full": True} if full else {}), sync_request_changes=None, sync_request_heard_at=now
+    )
+    return queue_claimed(mapping, pending.filter(sync_requested_at__isnull=True), now=now, trigger=trigger)
+
+
+def mapping_poll_request(*, mapping: UserMapping, share: dict | None, trigger: str) -> bool:
+    """The poll's request for a run of one mailbox, with the mailbox's share of the organization's listing
+    (service.listing_shares; None: the run reads its window). The share is kept only when no other request
+    came after the listing was read; the records it asks to check add to those already waiting."""
+    now = timezone.now()
+    pending = UserMapping.objects.filter(pk=mapping.pk)
+    if share is not None:
+        checks = share.pop("checks")
+        read_at = datetime.fromisoformat(share["read_at"])
+        pending.filter(Q(sync_request_heard_at__isnull=True) | Q(sync_request_heard_at__lte=read_at)).update(
+            sync_request_changes=share
+        )
+        if checks:
+            checks_add(mapping, checks)
+    return queue_claimed(mapping, pending.filter(sync_requested_at__isnull=True), now=now, trigger=trigger)
+
+
+def raynet_deletion_request(*, mapping: UserMapping, entity: str, record_id: int) -> bool:
+    """A Raynet webhook reported a deleted record: the owner's next run looks it up (404 confirms) without
+    waiting for the poll. Many deletions before that run starts are checked by that one run."""
+    checks_add(mapping, [[entity, record_id]])
+    return mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)
+
+
+def checks_add(mapping: UserMapping, records: list[list]) -> None:
+    with transaction.atomic():
+        row = UserMapping.objects.select_for_update().filter(pk=mapping.pk).values("sync_request_checks").first()
+        if row is None:
+            return
+        waiting = row["sync_request_checks"] or []
+        added = [record for record in records if record not in waiting]
+        if added:
+            UserMapping.objects.filter(pk=mapping.pk).update(sync_request_checks=waiting + added)
+
+
+def queue_claimed(mapping: UserMapping, unclaimed, *, now: datetime, trigger: str) -> bool:
+    claimed = unclaimed.update(sync_requested_at=now, sync_request_trigger=trigger)
     if claimed:
         async_task("syncapp.tasks.sync_mapping_task", mapping.pk, task_name=f"sync mapping {mapping.pk}")
     return bool(claimed)
-
-
-def raynet_deletion_sync(*, mapping: UserMapping, entity: str, record_id: int) -> SyncRun:
-    """A run of the owner's mailbox that checks the record Raynet reported deleted, without waiting for the poll.
-
-    If another run holds the mailbox, this one is skipped and the organization's next poll finds the deletion."""
-    return sync_mapping(
-        mapping=mapping,
-        trigger=SyncRun.Trigger.WEBHOOK,
-        id_scan=reported_deleted(entity=entity, record_id=record_id),
-    )
 
 
 def organization_sync_request(*, organization: Organization, trigger: str) -> None:
@@ -69,13 +115,34 @@ def organization_sync_request(*, organization: Organization, trigger: str) -> No
     )
 
 
-def organization_runs(*, organization: Organization, trigger: str) -> list[SyncRun]:
-    """Sync the organization's mailboxes; a mailbox whose run failed on a passing error is tried again later."""
-    runs = sync_organization(organization=organization, trigger=trigger)
-    for run in runs:
-        if run.status == SyncRun.Status.FAILED and run.mapping_id is not None:
-            schedule_retry(mapping=run.mapping)
-    return runs
+def organization_fan_out(*, organization: Organization, trigger: str) -> list[SyncRun]:
+    """The organization's task: list Raynet once for all its mailboxes, then queue one task per mailbox with
+    its share, so the mailboxes sync in parallel on the workers. Returns the runs of a failed listing."""
+    mappings = list(organization.mappings.filter(enabled=True).order_by("pk"))
+    if not mappings or not organization.policy.sync_enabled:
+        return []
+    shares: dict[int, dict] = {}
+    if not not_ready_reason(mappings[0]):  # else each mailbox's run records why nothing can be read
+        raynet = make_clients(organization)[0]
+        try:
+            listing = organization_listing(organization=organization, mappings=mappings, raynet=raynet)
+        except ProviderError as error:
+            runs = [failed_run(m, trigger, error) for m in mappings]
+            for mapping in mappings:
+                schedule_retry(mapping=mapping)
+            return runs
+        shares = listing_shares(organization=organization, listing=listing)
+    for mapping in mappings:
+        mapping_poll_request(mapping=mapping, share=shares.get(mapping.pk), trigger=trigger)
+    return []
+
+
+@dataclass(frozen=True)
+class MailboxRequest:
+    trigger: str
+    full: bool
+    changes: dict | None  # the poll's share: {"read_at", "rows"}
+    checks: list[list]  # [type, id] of Raynet records to look up
 
 
 def mapping_requested_runs(*, mapping: UserMapping) -> list[SyncRun]:
@@ -85,40 +152,62 @@ def mapping_requested_runs(*, mapping: UserMapping) -> list[SyncRun]:
     lock is let go: a request made while another worker held the lock is run by whichever gets it next.
     """
     runs: list[SyncRun] = []
-    while has_pending_request(mapping.pk):
-        # The engine's own lock, held across the claims and runs; PostgreSQL session locks nest, so
-        # sync_mapping takes it again inside and lets only its own level go.
+    while True:
         with mailbox_lock(mapping.pk) as locked:
             if not locked:
                 return runs  # the holder sees the request when it lets the lock go
             while (request := claim_request(mapping.pk)) is not None:
-                trigger, full = request
-                run = sync_mapping(mapping=mapping, trigger=trigger, full=full)
+                run = requested_run(mapping, request)
                 runs.append(run)
                 if run.status == SyncRun.Status.FAILED:
                     schedule_retry(mapping=mapping)
-    return runs
+        if not UserMapping.objects.filter(pk=mapping.pk, sync_requested_at__isnull=False).exists():
+            return runs
 
 
-def has_pending_request(mapping_id: int) -> bool:
-    return UserMapping.objects.filter(pk=mapping_id, sync_requested_at__isnull=False).exists()
+def requested_run(mapping: UserMapping, request: MailboxRequest) -> SyncRun:
+    rows, read_at = None, None
+    if request.changes is not None:
+        rows = [decoded_row(row) for row in request.changes["rows"]]
+        read_at = datetime.fromisoformat(request.changes["read_at"])
+    checks = [(entity, int(record_id)) for entity, record_id in request.checks]
+    return sync_mapping(
+        mapping=mapping,
+        trigger=request.trigger,
+        full=request.full,
+        raynet_changes=rows,
+        id_scan=reported_deleted(records=checks, read_at=read_at) if checks else None,
+        read_at=read_at,
+        lock_held=True,
+    )
 
 
-def claim_request(mapping_id: int) -> tuple[str, bool] | None:
-    """Take the pending request off the row (atomically): later requests set it again and queue a task."""
-    with transaction.atomic():
-        row = (
-            UserMapping.objects.select_for_update()
-            .filter(pk=mapping_id, sync_requested_at__isnull=False)
-            .values("sync_request_trigger", "sync_request_full")
-            .first()
-        )
-        if row is None:
-            return None
-        UserMapping.objects.filter(pk=mapping_id).update(
-            sync_requested_at=None, sync_request_full=False, sync_request_trigger=""
-        )
-    return row["sync_request_trigger"] or SyncRun.Trigger.SCHEDULE, row["sync_request_full"]
+# Takes the pending request off the row and returns it as it was, in one statement (an UPDATE's RETURNING
+# gives the new values; the locked subquery gives the old ones): later requests set it again and queue a task.
+CLAIM_SQL = """
+    UPDATE syncapp_usermapping AS mapping
+    SET sync_requested_at = NULL, sync_request_full = false, sync_request_trigger = '',
+        sync_request_changes = NULL, sync_request_heard_at = NULL, sync_request_checks = '[]'::jsonb
+    FROM (
+        SELECT id, sync_request_trigger, sync_request_full, sync_request_changes, sync_request_checks
+        FROM syncapp_usermapping WHERE id = %s AND sync_requested_at IS NOT NULL FOR UPDATE
+    ) AS pending
+    WHERE mapping.id = pending.id
+    RETURNING pending.sync_request_trigger, pending.sync_request_full, pending.sync_request_changes,
+        pending.sync_request_checks
+"""
+
+
+def claim_request(mapping_id: int) -> MailboxRequest | None:
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIM_SQL, [mapping_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    trigger, full, changes, checks = row
+    # psycopg hands jsonb over decoded already; a str is tolerated for other drivers' sake.
+    changes, checks = (json.loads(v) if isinstance(v, str) else v for v in (changes, checks))
+    return MailboxRequest(trigger=trigger or SyncRun.Trigger.SCHEDULE, full=full, changes=changes, checks=checks or [])
 
 
 def schedule_retry(*, mapping: UserMapping) -> datetime | None:
@@ -165,8 +254,8 @@ def poll_cycle(*, now: datetime | None = None) -> list[int]:
     for raynet in connections.select_related("organization__microsoft"):
         raynet.show_pause()
         microsoft = getattr(raynet.organization, "microsoft", None)
-        if raynet.is_paused() or ConnectionStatus.DISABLED in (raynet.status, getattr(microsoft, "status", None)):
-            continue  # a spent budget waits for its reset; a stopped connection for an admin
+        if microsoft is None or raynet.is_paused() or ConnectionStatus.DISABLED in (raynet.status, microsoft.status):
+            continue  # a spent budget waits for its reset; a stopped or missing connection for an admin
         if raynet.next_poll_at is not None and raynet.next_poll_at > now:
             continue
         enabled = raynet.organization.mappings.filter(enabled=True).count()

@@ -406,6 +406,16 @@ class UserMapping(models.Model):
     sync_requested_at = models.DateTimeField(null=True, blank=True)
     sync_request_full = models.BooleanField(default=False)
     sync_request_trigger = models.CharField(max_length=10, blank=True)
+    # The poll's share of the organization's Raynet listing for the requested run ({"read_at", "rows"}):
+    # the run uses it instead of listing Raynet itself. Only a speed-up: the cursor moves to read_at only
+    # when the run that used it succeeds, so a share lost in a crash is listed again by the next poll.
+    sync_request_changes = models.JSONField(null=True, blank=True)
+    # When the latest request that was not the poll came (a notification, a webhook, an admin): a share
+    # read before it may miss the change it reports, so the run then lists Raynet itself.
+    sync_request_heard_at = models.DateTimeField(null=True, blank=True)
+    # Raynet records ([type, id]) to look up for the requested run, 404 = deleted: those a deletion webhook
+    # reported and those the poll's id scan did not show. A burst of them is one run that checks them all.
+    sync_request_checks = models.JSONField(default=list, blank=True)
     # The first sync (onboarding) spends at most FIRST_SYNC_BUDGET_SHARE of the daily Raynet budget, nearest
     # events first: until it is done, the events still to make in Raynet wait for the next days' budget.
     first_sync_done_at = models.DateTimeField(null=True, blank=True)
@@ -447,7 +457,8 @@ class UserMapping(models.Model):
         self.raynet_cursor = None
         self.mass_delete_approved = False
         self.health, self.health_reason = self.Health.OK, ""
-        self.save()
+        fields = ["graph_delta_link", "graph_delta_window_start", "raynet_cursor", "mass_delete_approved"]
+        self.save(update_fields=[*fields, "health", "health_reason"])  # a pending request stays
         self.links.exclude(held_gone="").update(held_gone="")  # what the reading finds again, it holds again
 
 

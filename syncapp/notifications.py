@@ -202,8 +202,9 @@ def subscription_lifecycle(*, mapping: UserMapping, event: str) -> None:
         mailbox_subscribe(mapping=mapping)
         mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)
     elif event == "missed":
-        # Notifications were lost; the delta query returns every change since the last run anyway.
-        mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)
+        # Graph could not deliver some notifications: read the whole window of both sides, as the docs advise
+        # (https://learn.microsoft.com/graph/change-notifications-lifecycle-events), rather than trust the delta.
+        mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK, full=True)
 
 
 def raynet_token_valid(*, organization: Organization, token: str) -> bool:
@@ -230,7 +231,7 @@ def raynet_event_accept(*, organization: Organization, payload: dict) -> bool:
     author = str(payload.get("author") or "").casefold()
     if source.get("name") == "api" and author == organization.raynet.api_user_email.casefold():
         return False
-    deleted = payload["type"] == "record.deleted"  # goes straight to the deletion check (jobs.raynet_deletion_sync)
+    deleted = payload["type"] == "record.deleted"  # goes straight to the deletion check (jobs.raynet_deletion_request)
     async_task("syncapp.tasks.raynet_change_task", organization.pk, entity, entity_id, deleted)
     return True
 

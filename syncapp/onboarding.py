@@ -5,6 +5,7 @@ Views call these and stay thin; each takes keyword arguments and touches only th
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -29,11 +30,18 @@ from syncapp.models import (
     SyncRun,
     UserMapping,
 )
-from syncapp.notifications import mailbox_subscribe, mailbox_unsubscribe, raynet_webhook_register
+from syncapp.notifications import (
+    mailbox_subscribe,
+    mailbox_unsubscribe,
+    raynet_webhook_register,
+    raynet_webhook_unregister,
+)
 from syncapp.providers.base import ConnectionCheck, ErrorKind, ProviderError
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient, RaynetUser
 from syncapp.sync.service import mapping_dry_run
+
+logger = logging.getLogger("syncapp.onboarding")
 
 CONSENT_STATE_SALT = "syncapp.microsoft-consent"
 CONSENT_STATE_MAX_AGE = 3600  # seconds an admin has to finish Microsoft's consent page
@@ -53,6 +61,15 @@ def organization_create(*, name: str, user: AbstractBaseUser) -> Organization:
     Membership.objects.create(organization=organization, user=user, role=Membership.Role.ADMIN)
     SyncPolicy.objects.create(organization=organization)
     return organization
+
+
+def organization_delete(*, organization: Organization) -> None:
+    """Delete an organization with all of its data, after asking Raynet and Graph to stop calling us."""
+    if getattr(organization, "raynet", None) is not None:
+        raynet_disconnect(organization=organization)
+    if getattr(organization, "microsoft", None) is not None:
+        microsoft_disconnect(organization=organization)
+    organization.delete()
 
 
 def invitation_send(*, organization: Organization, email: str, role: str, invited_by, accept_url_for) -> Invitation:
@@ -219,6 +236,21 @@ def register_raynet_webhook(organization: Organization) -> None:
         pass  # recorded by raynet_webhook_register; the dashboard shows it
 
 
+def raynet_disconnect(*, organization: Organization) -> str:
+    """Disconnect Raynet: its webhook is removed in Raynet, the connection (API key, webhook token) deleted.
+    Sync stops for every mailbox; the mappings, links and log stay, so connecting again resumes where it
+    stopped without duplicates. Returns what the admin should know (empty when everything went through)."""
+    note = ""
+    try:
+        raynet_webhook_unregister(organization=organization)
+    except ProviderError as error:  # Raynet drops a webhook that keeps failing after 7 days (reference §7)
+        note = _(
+            "The webhook could not be removed in Raynet (%(reason)s); remove it there under Settings → Webhook."
+        ) % {"reason": error.message}
+    RaynetConnection.objects.filter(organization=organization).delete()
+    return note
+
+
 # --- Microsoft 365 --------------------------------------------------------------------------------------
 
 
@@ -249,7 +281,10 @@ def microsoft_consent_record(*, organization: Organization, tenant_id: str, clou
     connection.cloud = cloud
     connection.consent = MicrosoftConnection.Consent.GRANTED
     connection.save()
-    return microsoft_check(connection=connection)
+    ok, message = microsoft_check(connection=connection)
+    if ok:
+        mailboxes_subscribe(organization=organization)  # none before the first mapping; again after a disconnect
+    return ok, message
 
 
 def microsoft_check(*, connection: MicrosoftConnection) -> tuple[bool, str]:
@@ -259,6 +294,35 @@ def microsoft_check(*, connection: MicrosoftConnection) -> tuple[bool, str]:
     if check.ok:
         return True, _("Connected to Microsoft 365: users and calendars are readable.")
     return False, check_message(check, side="microsoft")
+
+
+def microsoft_disconnect(*, organization: Organization) -> str:
+    """Disconnect Microsoft 365: every mailbox's Graph subscription is deleted, then the connection (tenant,
+    consent). Sync stops for every mailbox; the mappings, links and log stay, so consenting again resumes
+    without duplicates. Returns what the admin should know (empty when everything went through)."""
+    failed = []
+    for mapping in organization.mappings.exclude(subscription_id=""):
+        try:
+            mailbox_unsubscribe(mapping=mapping)
+        except ProviderError as error:  # it expires by itself within days; its notifications get 403 meanwhile
+            logger.warning("the subscription of %s could not be deleted: %s", mapping, error.message)
+            failed.append(mapping.outlook_upn)
+    organization.mappings.update(subscription_id="", subscription_expires_at=None, subscription_note="")
+    MicrosoftConnection.objects.filter(organization=organization).delete()
+    if failed:
+        return _(
+            "Graph did not confirm deleting the change notifications of %(mailboxes)s; they expire by themselves."
+        ) % {"mailboxes": ", ".join(failed)}
+    return ""
+
+
+def mailboxes_subscribe(*, organization: Organization) -> None:
+    """Change notifications for every enabled mailbox (after consenting again); a failure is kept per mapping."""
+    for mapping in organization.mappings.filter(enabled=True):
+        try:
+            mailbox_subscribe(mapping=mapping)
+        except ProviderError:
+            pass  # recorded by mailbox_subscribe on the mapping; the poll still syncs it
 
 
 # --- mapping users --------------------------------------------------------------------------------------
@@ -324,20 +388,19 @@ def mappings_save(*, organization: Organization, choices: list[MappingChoice]) -
         existing = organization.mappings.filter(raynet_person_id=choice.raynet.person_id).first()
         if choice.mailbox is None:
             if existing is not None and not existing.enabled:
-                existing.delete()
+                mapping_delete(mapping=existing)
             elif existing is not None:
                 mapping_switch(mapping=existing, enabled=False)
             continue
         mapping = existing or UserMapping(organization=organization, raynet_person_id=choice.raynet.person_id)
         if existing is not None and existing.outlook_user_id != choice.mailbox["id"]:
             # Another mailbox: what was linked belongs to the old one, so start over with a new mapping.
-            mapping_switch(mapping=existing, enabled=False)
-            existing.delete()
+            mapping_delete(mapping=existing)
             mapping = UserMapping(organization=organization, raynet_person_id=choice.raynet.person_id)
         # A mailbox taken by another Raynet user in this same save moves to this row.
-        organization.mappings.filter(outlook_user_id=choice.mailbox["id"]).exclude(
-            raynet_person_id=choice.raynet.person_id
-        ).delete()
+        taken = organization.mappings.filter(outlook_user_id=choice.mailbox["id"])
+        for other in taken.exclude(raynet_person_id=choice.raynet.person_id):
+            mapping_delete(mapping=other)
         mapping.raynet_user_id = choice.raynet.user_account_id
         mapping.raynet_email = choice.raynet.email
         mapping.outlook_user_id = choice.mailbox["id"]
@@ -363,6 +426,16 @@ def mapping_switch(*, mapping: UserMapping, enabled: bool) -> None:
         hook(mapping=mapping)
     except ProviderError as error:  # the poll still syncs; the dashboard shows why notifications are off
         mapping.set_health(UserMapping.Health.WARNING, error.message)
+
+
+def mapping_delete(*, mapping: UserMapping) -> None:
+    """Remove a mapping outright (its links and runs go with it), its Graph subscription first: Graph would
+    otherwise keep notifying about the mailbox until the subscription expires."""
+    try:
+        mailbox_unsubscribe(mapping=mapping)
+    except ProviderError as error:  # it expires by itself within days; its notifications get 403 meanwhile
+        logger.warning("the subscription of %s could not be deleted: %s", mapping, error.message)
+    mapping.delete()
 
 
 def policy_save(*, policy: SyncPolicy) -> None:

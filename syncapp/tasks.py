@@ -22,7 +22,7 @@ def sync_organization_task(organization_id: int, trigger: str) -> list[int]:
     organization = Organization.objects.filter(pk=organization_id).first()
     if organization is None:
         return []
-    return [run.pk for run in jobs.organization_runs(organization=organization, trigger=trigger)]
+    return [run.pk for run in jobs.organization_fan_out(organization=organization, trigger=trigger)]
 
 
 def poll_task() -> list[int]:
@@ -53,6 +53,5 @@ def raynet_change_task(organization_id: int, entity: str, entity_id: int, delete
         organization=organization, entity=entity, entity_id=entity_id
     )
     if mapping and deleted:
-        jobs.raynet_deletion_sync(mapping=mapping, entity=entity, record_id=entity_id)
-        return True
+        return jobs.raynet_deletion_request(mapping=mapping, entity=entity, record_id=entity_id)
     return bool(mapping) and jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)

@@ -15,6 +15,7 @@ urlpatterns = [
     path("org/<uuid:code>/members/<uuid:member>/", views.member_change, name="member_change"),
     path("org/<uuid:code>/invitations/<uuid:invitation>/cancel/", views.invitation_cancel, name="invitation_cancel"),
     path("org/<uuid:code>/users/<uuid:mapping>/", views.mapping_action, name="mapping_action"),
+    path("org/<uuid:code>/disconnect/<str:side>/", views.disconnect, name="disconnect"),
     path("org/<uuid:code>/setup/", views.setup, name="setup"),
     path("org/<uuid:code>/setup/raynet/", views.setup_raynet, name="setup_raynet"),
     path("org/<uuid:code>/setup/microsoft/", views.setup_microsoft, name="setup_microsoft"),

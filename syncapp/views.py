@@ -351,6 +351,25 @@ def mapping_action(request: HttpRequest, code, mapping) -> HttpResponse:
 
 
 @login_required
+def disconnect(request: HttpRequest, code, side: str) -> HttpResponse:
+    """Disconnect Raynet or Microsoft 365: a confirmation page, then the POST does it."""
+    organization, membership = get_organization_for_user(request, code, admin_required=True)
+    if side not in DISCONNECTS or getattr(organization, side, None) is None:
+        raise Http404("Not connected")
+    if request.method == "POST":
+        note = DISCONNECTS[side](organization=organization)
+        messages.success(request, _("Disconnected. Sync is stopped until you connect again."))
+        if note:
+            messages.warning(request, note)
+        return redirect("organization", organization.code)
+    context = {"organization": organization, "membership": membership, "side": side}
+    return render(request, "syncapp/disconnect.html", context)
+
+
+DISCONNECTS = {"raynet": onboarding.raynet_disconnect, "microsoft": onboarding.microsoft_disconnect}
+
+
+@login_required
 @require_GET
 def sync_log(request: HttpRequest, code) -> HttpResponse:
     organization, membership = get_organization_for_user(request, code)

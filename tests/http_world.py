@@ -76,8 +76,13 @@ def tls_authority(tmp_path_factory):
 
 @pytest.fixture
 def tls_sandbox_server(tls_authority, transactional_db) -> Iterator[TLSServer]:
+    with portal_over_tls(*tls_authority) as server:
+        yield server
+
+
+@contextmanager
+def portal_over_tls(authority, ca_path: str) -> Iterator[TLSServer]:
     """The whole portal (with the sandbox views) over HTTPS on a free loopback port, in a thread."""
-    authority, ca_path = tls_authority
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     authority.issue_cert("127.0.0.1").configure_cert(context)
     server = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler, allow_reuse_address=False)
@@ -173,14 +178,19 @@ def http_world(tls_sandbox_server, settings, retry_waits, monkeypatch) -> Iterat
 
     In-process syncs (`http_world.sync()`) go over the same HTTPS as the subprocesses; their retries do not sleep.
     """
-    server = tls_sandbox_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", tls_sandbox_server.ca_path)
+    yield build_http_world(tls_sandbox_server, settings)
+    reset_token_apps()
+
+
+def build_http_world(server: TLSServer, settings) -> HttpWorld:
+    """The http_world, for a caller that set REQUESTS_CA_BUNDLE and may change `settings` (the bench too)."""
     settings.MICROSOFT_CLIENT_ID = OUTLOOK_CLIENT_ID
     settings.MICROSOFT_CLIENT_SECRET = OUTLOOK_CLIENT_SECRET
     settings.MICROSOFT_CLOUDS = {
         **django_settings.MICROSOFT_CLOUDS,
         "global": {"graph": graph_base(server) + "/v1.0", "authority": graph_base(server)},
     }
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_path)
     reset_token_apps()
     org = Organization.objects.create(name="Acme s.r.o.")
     SyncPolicy.objects.create(organization=org, sync_enabled=True)
@@ -202,8 +212,7 @@ def http_world(tls_sandbox_server, settings, retry_waits, monkeypatch) -> Iterat
     world = HttpWorld(**{name: getattr(base, name) for name in base.__dataclass_fields__})
     world.server = server
     world.reload()
-    yield world
-    reset_token_apps()
+    return world
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -14,6 +14,9 @@ from unittest import mock
 
 import pytest
 from django.core.management import call_command
+from django.utils.module_loading import import_string
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
 
 from syncapp.models import EventLink, SyncLogEntry, SyncRun, UserMapping
 from syncapp.sync import sync_organization
@@ -106,6 +109,21 @@ class World:
         self.outlook.reset_calls()
 
 
+def run_queued() -> int:
+    """Do what the worker does with the queued tasks (in order), until none is left; returns how many ran."""
+    ran = 0
+    while task := OrmQ.objects.order_by("pk").first():
+        run_one(task)
+        ran += 1
+    return ran
+
+
+def run_one(task: OrmQ) -> None:
+    package = SignedPackage.loads(task.payload)
+    task.delete()
+    import_string(package["func"])(*package["args"], **package["kwargs"])
+
+
 def add_person(world_raynet, world_outlook, email: str, name: str) -> Person:
     user_account_id, person_id = world_raynet.add_user(email, name)
     mailbox_id = world_outlook.add_user(OUTLOOK_TENANT_ID, email, name)
@@ -177,4 +195,14 @@ def build_world(rsps, *, name: str = "Acme s.r.o.") -> World:
     return populate_world(org, raynet, outlook)
 
 
-__all__ = ["World", "build_world", "call_command", "map_person", "add_person", "soon", "days_later"]
+__all__ = [
+    "World",
+    "add_person",
+    "build_world",
+    "call_command",
+    "days_later",
+    "map_person",
+    "run_one",
+    "run_queued",
+    "soon",
+]

@@ -13,13 +13,14 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ, Schedule
+from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 from syncapp import jobs
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncRun, UserMapping
 from syncapp.sync import service
-from syncapp.tasks import sync_mapping_task
-from tests.sync_fixtures import soon
+from syncapp.tasks import sync_mapping_task, sync_organization_task
+from tests.sync_fixtures import run_queued, soon
 
 
 @pytest.fixture
@@ -52,6 +53,28 @@ def test_requests_coalesce_and_one_during_a_run_gives_exactly_one_more(world, qu
     assert len(runs) == 2 and queued() == 2  # the second queued task finds nothing left to do
     assert sync_mapping_task(mapping.pk) == []
     assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Kickoff"]
+
+
+def test_a_request_that_comes_while_the_mailbox_syncs_outlives_the_runs_outcome(world, queued, monkeypatch):
+    mapping = world.alice.mapping
+    real_engine_for = service.engine_for
+
+    def engine_hearing_a_notification(*args, **kwargs):
+        engine = real_engine_for(*args, **kwargs)
+        real_run = engine.run
+
+        def run(**kwargs):  # the row was read and the request claimed: now a notification comes
+            if mapping.runs.count() == 1:
+                jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.WEBHOOK)
+            return real_run(**kwargs)
+
+        engine.run = run
+        return engine
+
+    monkeypatch.setattr(service, "engine_for", engine_hearing_a_notification)
+    jobs.mapping_sync_request(mapping=mapping, trigger=SyncRun.Trigger.MANUAL)
+
+    assert len(sync_mapping_task(mapping.pk)) == 2
 
 
 def test_a_request_while_another_worker_holds_the_mailbox_is_run_by_the_holder(world, queued):
@@ -195,3 +218,92 @@ def test_q_broker_url_selects_redis_in_settings():
     env["Q_BROKER_URL"] = "amqp://elsewhere"
     refused = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert refused.returncode != 0 and "Q_BROKER_URL must be a redis://" in refused.stderr
+
+
+# --- the poll's fan-out: one Raynet listing per organization, one task per mailbox ----------------------
+
+
+def polled(world) -> list[str]:
+    """Run the organization's task as the poll queues it; the names of the tasks it queued."""
+    world.reset_calls()
+    sync_organization_task(world.org.pk, SyncRun.Trigger.SCHEDULE)
+    return [SignedPackage.loads(task.payload)["func"] for task in OrmQ.objects.order_by("pk")]
+
+
+def test_the_poll_lists_raynet_once_and_each_mailbox_syncs_its_share_in_its_own_task(world, queued):
+    world.sync()  # the first runs read the window; from here on the poll lists changes
+    world.raynet.ui_create_activity("meeting", world.alice.person_id, "Alice's demo", soon(2), soon(2, 11))
+    world.raynet.ui_create_activity("event", world.bob.person_id, "Bob's trip", soon(3), soon(3, 11))
+
+    tasks = polled(world)
+
+    assert tasks == ["syncapp.tasks.sync_mapping_task"] * 2
+    assert world.raynet.count() == 4 and world.outlook.count(None, r"^v1\.0/") == 0  # listing + id scan
+    world.reset_calls()
+    assert run_queued() == 2
+    assert world.raynet.count("GET") == 0  # the mailboxes took their rows from the share
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Alice's demo"]
+    assert [e["subject"] for e in world.outlook_events(world.bob)] == ["Bob's trip"]
+    statuses = SyncRun.objects.filter(trigger=SyncRun.Trigger.SCHEDULE).values_list("status", flat=True)
+    assert list(statuses) == [SyncRun.Status.OK] * 2
+
+
+def test_an_idle_poll_costs_four_raynet_requests_one_graph_request_and_few_statements_per_mailbox(world, queued):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    world.sync()
+    polled(world)
+    run_queued()  # echoes settle
+    statements = []
+    for _ in range(2):
+        polled(world)
+        assert world.raynet.count() == 4
+        with CaptureQueriesContext(connection) as captured:
+            assert run_queued() == 2
+        assert world.outlook.count(None, r"^v1\.0/") == 2 and world.raynet.count() == 4  # one delta each
+        # Not the broker's; nor savepoints, which are BEGIN/COMMIT outside the test's transaction (not statements).
+        ours = [q for q in captured.captured_queries if "django_q_ormq" not in q["sql"] and "SAVEPOINT" not in q["sql"]]
+        statements.append(len(ours) / 2)
+    assert statements[0] == statements[1] <= 15, statements
+
+
+def test_a_share_lost_in_a_crash_is_listed_again_by_the_next_poll(world, queued, monkeypatch):
+    world.sync()
+    world.raynet.ui_create_activity("meeting", world.alice.person_id, "Kickoff", soon(2), soon(2, 11))
+    cursor = UserMapping.objects.get(pk=world.alice.mapping.pk).raynet_cursor
+    polled(world)
+    OrmQ.objects.all().delete()  # the worker died with the tasks; the shares are claimed by the next run
+    monkeypatch.setattr(jobs, "sync_mapping", crash)
+    with pytest.raises(SystemExit):
+        sync_mapping_task(world.alice.mapping.pk)
+    assert UserMapping.objects.get(pk=world.alice.mapping.pk).raynet_cursor == cursor  # nothing taken as synced
+    monkeypatch.undo()
+    monkeypatch.setattr(Conf, "SYNC", False)
+    RaynetConnection.objects.filter(organization=world.org).update(next_poll_at=None)
+
+    polled(world)
+    run_queued()
+
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Kickoff"]
+
+
+def crash(**kwargs):
+    raise SystemExit("killed")
+
+
+def test_a_request_after_the_listing_makes_the_run_list_raynet_itself(world, queued):
+    world.sync()
+    polled(world)
+    run_queued()
+    OrmQ.objects.all().delete()
+    polled(world)  # the share is read now; Bob then edits in Raynet and the webhook asks for a run
+    world.raynet.ui_create_activity("meeting", world.bob.person_id, "Late change", soon(2), soon(2, 11))
+    jobs.mapping_sync_request(mapping=world.bob.mapping, trigger=SyncRun.Trigger.WEBHOOK)
+    assert UserMapping.objects.get(pk=world.bob.mapping.pk).sync_request_changes is None
+    world.reset_calls()
+
+    run_queued()
+
+    assert world.raynet.count("GET", "meeting|event") == 2  # Bob's run listed his changes itself, Alice's did not
+    assert [e["subject"] for e in world.outlook_events(world.bob)] == ["Late change"]

@@ -30,7 +30,13 @@ def objects(org, admin_user, viewer_user):
     )
     invitation = Invitation.objects.create(organization=org, email="invitee-secret@acme.test", role="viewer")
     member = Membership.objects.get(user=viewer_user)
-    return {"mapping": mapping.code, "member": member.code, "invitation": invitation.code, "code": org.code}
+    return {
+        "mapping": mapping.code,
+        "member": member.code,
+        "invitation": invitation.code,
+        "code": org.code,
+        "side": "raynet",
+    }
 
 
 def portal_urls(objects) -> list[tuple[str, str]]:
@@ -51,12 +57,12 @@ def portal_urls(objects) -> list[tuple[str, str]]:
 POST_ONLY = {"member_change", "invitation_cancel", "mapping_action"}
 # Pages that only show (a POST is 405); the wizard's connection steps are for admins only.
 READ_ONLY = {"organization", "log"}
-ADMIN_ONLY_GET = {"setup", "setup_raynet", "setup_microsoft"}
+ADMIN_ONLY_GET = {"setup", "setup_raynet", "setup_microsoft", "disconnect"}
 
 
 def test_the_matrix_covers_every_organization_route(objects):
     names = {name for name, _path in portal_urls(objects)}
-    assert len(names) == 12 and {"organization", "log", "members", "setup_preview"} <= names
+    assert len(names) == 13 and {"organization", "log", "members", "setup_preview"} <= names
 
 
 def test_another_organizations_admin_gets_404_everywhere_and_sees_nothing(client, objects, outsider, org):

@@ -79,13 +79,22 @@ def demo(org, other_org, admin_user, outsider, settings, delivered):
         graph.add_tenant(OUTLOOK_TENANT_ID, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET)
         graph.add_tenant(GLOBEX_TENANT, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET)
         mailbox = graph.add_user(OUTLOOK_TENANT_ID, "alice@acme.test", "Alice Novak")
+        bob = graph.add_user(OUTLOOK_TENANT_ID, "bob@acme.test", "Bob Dvorak")
         otto = graph.add_user(GLOBEX_TENANT, "otto@globex.test", "Otto Globex")
         expires = (timezone.now() + timedelta(days=2)).isoformat()
         request = {"changeType": "created,updated,deleted", "notificationUrl": f"{HOOK}graph/notify/"}
         request |= {"resource": f"/users/{mailbox}/events", "clientState": "s3cret", "expirationDateTime": expires}
         graph._create_subscription(request, OUTLOOK_TENANT_ID, {"idtype": "ImmutableId"})
         graph.state["deliver_http"] = True
-    return {"org": org, "alice_account": alice_account, "alice": alice, "jan": jan, "mailbox": mailbox, "otto": otto}
+    return {
+        "org": org,
+        "alice_account": alice_account,
+        "alice": alice,
+        "jan": jan,
+        "mailbox": mailbox,
+        "bob": bob,
+        "otto": otto,
+    }
 
 
 def raynet_state() -> RaynetSandbox:
@@ -326,6 +335,31 @@ def test_making_an_event_private_and_deleting_a_meeting_cancels_it_for_the_atten
     assert graph_state().event(demo["mailbox"], meeting) is None
     assert [mail["kind"] for mail in graph_state().sent_mail] == ["invitation", "cancellation"]
     assert "Cancellation" in page_text(client.get(f"/sandbox/{KEY}/outlook/mail/"))
+
+
+def test_accepting_a_colleagues_invitation_answers_the_organizer(client, demo, admin_user, delivered):
+    act_in_outlook(
+        "person_create_event", demo["bob"], "Team lunch", soon(2, 11), soon(2, 12), attendees=["alice@acme.test"]
+    )
+    [invitation] = graph_state().events(demo["mailbox"])
+    delivered.clear()
+    client.force_login(admin_user)
+    calendar = page_text(client.get(f"/sandbox/{KEY}/outlook/?mailbox={demo['mailbox']}"))
+    assert "Team lunch Invitation from bob@acme.test" in calendar and "Accept" in calendar
+
+    client.post(f"/sandbox/{KEY}/outlook/{demo['mailbox']}/{invitation['id']}/act/", {"action": "accept"})
+
+    graph = graph_state()
+    assert graph.event(demo["mailbox"], invitation["id"])["responseStatus"]["response"] == "accepted"
+    [organizers] = graph.events(demo["bob"])
+    assert organizers["attendees"][0]["status"]["response"] == "accepted"
+    assert [(m["kind"], m["from"], m["to"]) for m in graph.sent_mail][-1] == (
+        "response",
+        "alice@acme.test",
+        "bob@acme.test",
+    )
+    [change] = [hook["body"]["value"][0] for hook in delivered]  # Bob's mailbox has no subscription
+    assert (change["changeType"], change["resourceData"]["id"]) == ("updated", invitation["id"])
 
 
 # --- access -----------------------------------------------------------------------------------------------------

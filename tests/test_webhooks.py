@@ -8,14 +8,12 @@ from urllib.parse import urlsplit
 import pytest
 from django.db import connection
 from django.test import Client
-from django.utils.module_loading import import_string
 from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.signing import SignedPackage
 
 from syncapp import notifications
 from syncapp.models import RaynetConnection, UserMapping
-from tests.sync_fixtures import soon
+from tests.sync_fixtures import run_one, run_queued, soon
 
 PUBLIC = "https://portal.example.test"
 
@@ -42,17 +40,6 @@ def endpoints(http_mock, settings, monkeypatch):
 
     http_mock.add_callback("POST", re.compile(re.escape(PUBLIC) + r"/.*"), callback=forward)
     return received
-
-
-def run_queued() -> int:
-    """Do what the worker does with the queued tasks (in order), until none is left; returns how many ran."""
-    ran = 0
-    while task := OrmQ.objects.order_by("pk").first():
-        package = SignedPackage.loads(task.payload)
-        task.delete()
-        import_string(package["func"])(*package["args"], **package["kwargs"])
-        ran += 1
-    return ran
 
 
 def test_the_validation_handshake_echoes_the_decoded_token(db):
@@ -196,3 +183,43 @@ def test_unregistering_removes_the_raynet_webhook_and_its_token_stops_working(wo
         headers={"X-RAYNETCRM-Token": hook["secretToken"]},
     )
     assert reply.status_code == 403 and OrmQ.objects.count() == 0
+
+
+def test_a_burst_of_raynet_deletions_is_one_run_that_checks_every_reported_record(world, endpoints):
+    notifications.raynet_webhook_register(organization=world.org)
+    meetings = [
+        world.raynet.ui_create_activity("meeting", world.alice.person_id, f"Demo {n}", soon(4, 9 + n), soon(4, 10 + n))
+        for n in range(3)
+    ]
+    world.sync()
+    world.raynet.deliver_webhooks()
+    run_queued()
+    runs_before = world.alice.mapping.runs.count()
+
+    for meeting in meetings:
+        world.raynet.ui_delete_activity("meeting", meeting)
+    assert world.raynet.deliver_webhooks() == 3
+    run_queued()
+
+    assert world.alice.mapping.runs.count() == runs_before + 1
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == []
+
+
+def test_a_missed_lifecycle_event_asks_for_a_full_resync(world, endpoints):
+    world.outlook.state["deliver_http"] = True
+    mapping = world.alice.mapping
+    notifications.mailbox_subscribe(mapping=mapping)
+    world.sync()
+    run_queued()
+    mapping.refresh_from_db()
+
+    world.outlook.send_lifecycle_event(mapping.subscription_id, "missed")
+
+    assert endpoints[-1] == ("/hooks/graph/lifecycle/", 202)
+    (lifecycle,) = OrmQ.objects.all()
+    run_one(lifecycle)
+    mapping.refresh_from_db()
+    assert mapping.sync_requested_at and mapping.sync_request_full  # not just a delta run
+    runs = mapping.runs.count()
+    assert run_queued() == 1 and mapping.runs.count() == runs + 1
+    assert not UserMapping.objects.get(pk=mapping.pk).sync_request_full

@@ -1,7 +1,9 @@
-"""A real `manage.py qcluster` against the test database: a scheduled sync completes; SIGTERM stops it fast."""
+"""Real `manage.py qcluster` processes against the test database: the scheduled poll completes, the mailbox
+lock holds across clusters, SIGTERM stops them fast; and `run_portal` serves and stops."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -10,12 +12,12 @@ import time
 
 import requests
 from django.utils import timezone
-from django_q.brokers import get_broker
 from django_q.conf import Conf
-from django_q.models import Schedule
-from django_q.scheduler import scheduler
+from django_q.models import OrmQ, Schedule, Task
 from django_q.status import Stat
+from django_q.tasks import async_task
 
+from syncapp import jobs
 from syncapp.models import SyncRun
 from tests.http_world import ROOT
 from tests.sync_fixtures import soon
@@ -30,48 +32,79 @@ def wait_for(condition, *, seconds: float) -> bool:
     return False
 
 
-def start_manage(http_world, *args: str) -> subprocess.Popen:
+def start_manage(http_world, *args: str, **env: str) -> subprocess.Popen:
     """`manage.py ARGS` on the test database, talking to the world's sandboxes; one worker process."""
     return subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=http_world.sync_env(Q_WORKERS="1"),
+        env=http_world.sync_env(Q_WORKERS="1", **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: a failed test kills the cluster's children too
     )
 
 
-def test_a_real_worker_runs_a_scheduled_sync_and_stops_within_10_s_of_sigterm(http_world, monkeypatch):
-    monkeypatch.setattr(Conf, "SYNC", False)  # the schedule's task goes to the broker, for the worker process
+def test_two_real_clusters_run_the_scheduled_poll_never_sync_one_mailbox_at_once_and_stop_fast(http_world, monkeypatch):
+    """Two `qcluster` processes (one worker each) on the test database: the clusters' own scheduler queues
+    the due poll, its fan-out syncs both mailboxes; then both get tasks for Alice's mailbox while it syncs,
+    and its runs never overlap; SIGTERM stops both within 10 s."""
+    monkeypatch.setattr(Conf, "SYNC", False)  # what the test queues goes to the broker, for the clusters
     with http_world.acting() as world:
         world.raynet.ui_create_activity("meeting", world.alice.person_id, "Board meeting", soon(2), soon(2, 11))
-    worker = start_manage(http_world, "qcluster")
+        world.raynet.ui_create_activity("meeting", world.bob.person_id, "Site visit", soon(3), soon(3, 11))
+    Schedule.objects.create(
+        name="test: poll now",
+        func="syncapp.tasks.sync_organization_task",
+        args=f"({http_world.org.pk}, 'schedule')",
+        schedule_type=Schedule.ONCE,
+        next_run=timezone.now(),
+    )
+    # Q_GUARD_CYCLE=30: the guard runs django-q2's scheduler at its first cycle (see Q_CLUSTER in settings).
+    clusters = [start_manage(http_world, "qcluster", Q_GUARD_CYCLE="30") for _ in range(2)]
     try:
-        Schedule.objects.create(
-            name="test: poll now",
-            func="syncapp.tasks.sync_organization_task",
-            args=f"({http_world.org.pk}, 'schedule')",
-            schedule_type=Schedule.ONCE,
-            next_run=timezone.now(),
-        )
-        # The cluster's guard loop calls this same scheduler every 30 s; calling it here saves the wait.
-        scheduler(broker=get_broker())
-        finished = SyncRun.objects.filter(trigger=SyncRun.Trigger.SCHEDULE, finished_at__isnull=False)
-        assert wait_for(lambda: finished.count() == 2, seconds=30), worker.poll()
-        assert set(finished.values_list("status", flat=True)) == {SyncRun.Status.OK}
+        scheduled = SyncRun.objects.filter(trigger=SyncRun.Trigger.SCHEDULE, finished_at__isnull=False)
+        assert wait_for(lambda: scheduled.count() == 2, seconds=60), [c.poll() for c in clusters]
+        assert set(scheduled.values_list("status", flat=True)) == {SyncRun.Status.OK}
         http_world.reload()
         assert [e["subject"] for e in http_world.outlook_events(http_world.alice)] == ["Board meeting"]
-        time.sleep(1)  # idle again
+        assert [e["subject"] for e in http_world.outlook_events(http_world.bob)] == ["Site visit"]
+
+        alice = http_world.alice.mapping
+        runs = SyncRun.objects.filter(mapping=alice, trigger=SyncRun.Trigger.WEBHOOK)
+        with http_world.acting() as world:  # the next delta read of the mailbox answers 2 s late
+            world.outlook.inject_fault(0, path="calendarView/delta", hold=2.0)
+        jobs.mapping_sync_request(mapping=alice, trigger=SyncRun.Trigger.WEBHOOK)
+        assert wait_for(lambda: runs.filter(finished_at__isnull=True).exists(), seconds=20)
+        started = timezone.now()
+        for _ in range(3):  # notifications while it syncs, and stray tasks for the other cluster to take
+            jobs.mapping_sync_request(mapping=alice, trigger=SyncRun.Trigger.WEBHOOK)
+            async_task("syncapp.tasks.sync_mapping_task", alice.pk)
+        assert wait_for(
+            lambda: not OrmQ.objects.exists() and runs.filter(finished_at__isnull=False).count() == 2, seconds=30
+        )
+        time.sleep(1)  # anything still to come would start now
+
+        first, second = runs.order_by("started_at")
+        assert runs.count() == 2  # the requests during the first run gave exactly one more run
+        assert first.finished_at <= second.started_at  # never two at once
+        alongside = Task.objects.filter(
+            func="syncapp.tasks.sync_mapping_task", started__gte=started, stopped__lte=first.finished_at
+        )
+        assert alongside.exists()  # the other cluster had a task for the mailbox during the first run
+
         stopping = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=15)
+        for cluster in clusters:
+            cluster.send_signal(signal.SIGTERM)
+        for cluster in clusters:
+            cluster.wait(timeout=15)
         assert time.monotonic() - stopping < 10
     finally:
-        if worker.poll() is None:
-            worker.kill()
-        output = worker.communicate()[0]
-    assert "has stopped" in output
+        for cluster in clusters:
+            if cluster.poll() is None:
+                os.killpg(cluster.pid, signal.SIGKILL)
+        outputs = [cluster.communicate()[0] for cluster in clusters]
+    assert all("has stopped" in output for output in outputs), outputs[0][-2000:]
 
 
 def free_port() -> int:

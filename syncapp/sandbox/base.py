@@ -211,14 +211,28 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def post_outgoing(item: Outgoing) -> bool:
-    """POST one delivery; True on a 2xx. TLS is verified with the demo's CA bundle, as our own sessions do."""
-    import requests
+DELIVERY = threading.local()
+
+
+def delivery_session():
+    """The sandboxes' own HTTP session (a TrustedSession: TLS verified with the demo's CA bundle, as our sessions),
+    one per thread and kept alive: a new TLS connection per delivery costs a handshake and a bundle load each."""
     from django.conf import settings
 
-    verify = settings.SANDBOX_CA_BUNDLE or True
+    from syncapp.providers.base import TrustedSession
+
+    session = getattr(DELIVERY, "session", None)
+    if session is None or session.verify != (settings.SANDBOX_CA_BUNDLE or True):
+        DELIVERY.session = session = TrustedSession()
+    return session
+
+
+def post_outgoing(item: Outgoing) -> bool:
+    """POST one delivery; True on a 2xx."""
+    import requests
+
     try:
-        reply = requests.post(item.url, json=item.payload, headers=item.headers, timeout=(10, 60), verify=verify)
+        reply = delivery_session().post(item.url, json=item.payload, headers=item.headers, timeout=(10, 60))
     except requests.RequestException:
         return False
     return 200 <= reply.status_code < 300

@@ -31,10 +31,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import requests
 from dateutil import rrule
-from django.conf import settings
 from django.utils import timezone
 
-from syncapp.sandbox.base import Outgoing, Sandbox, SandboxRequest, SandboxResponse, post_outgoing
+from syncapp.sandbox.base import Outgoing, Sandbox, SandboxRequest, SandboxResponse, delivery_session, post_outgoing
 
 ID_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A"  # what an immutable event id looks like (§2)
 OCCURRENCE_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWgOc"
@@ -1329,12 +1328,11 @@ class GraphSandbox(Sandbox):
         """Graph's handshake (graph-api.md §4): the endpoint must echo the decoded token as text/plain in 10 s."""
         token = f"Validation: Testing client application reachability for subscription Request-Id: {uuid.uuid4()}"
         try:
-            reply = requests.post(
+            reply = delivery_session().post(
                 url,
                 params={"validationToken": token},
                 headers={"Content-Type": "text/plain; charset=utf-8"},
                 timeout=10,
-                verify=settings.SANDBOX_CA_BUNDLE or True,  # the demo's hooks are served with its local CA
             )
         except requests.RequestException as exc:
             raise GraphError(400, "InvalidRequest", f"Subscription validation request failed: {exc}") from None

@@ -410,17 +410,20 @@ def outlook_edit(request: HttpRequest, key: str, mailbox: str, event_id: str) ->
 @login_required
 @require_POST
 def outlook_action(request: HttpRequest, key: str, mailbox: str, event_id: str) -> HttpResponse:
-    """Delete (an event, a series or one occurrence) or switch private on or off."""
-    action = request.POST.get("action")
-    if action not in ("delete", "private", "normal"):
+    """Delete (an event, a series or one occurrence), switch private on or off, or accept an invitation."""
+    changes = {
+        "delete": lambda graph: graph.person_delete_event(mailbox, event_id),
+        "private": lambda graph: graph.person_edit_event(mailbox, event_id, private=True),
+        "normal": lambda graph: graph.person_edit_event(mailbox, event_id, private=False),
+        "accept": lambda graph: graph.person_accept(mailbox, event_id),
+    }
+    action = request.POST.get("action", "")
+    if action not in changes:
         raise Http404("No such action")
     try:
         with stored_sandbox(GraphSandbox, key) as graph:
             mailbox_or_404(request, key, graph, mailbox)
-            if action == "delete":
-                graph.person_delete_event(mailbox, event_id)
-            else:
-                graph.person_edit_event(mailbox, event_id, private=action == "private")
+            changes[action](graph)
     except GraphError as error:
         messages.error(request, error.message)
     else:
@@ -428,6 +431,7 @@ def outlook_action(request: HttpRequest, key: str, mailbox: str, event_id: str) 
             "delete": _("Deleted from the simulated Outlook."),
             "private": _("Marked as private in the simulated Outlook."),
             "normal": _("No longer private in the simulated Outlook."),
+            "accept": _("Accepted in the simulated Outlook: the organizer gets the response."),
         }
         messages.success(request, done[action])
     return back_to("sandbox-outlook", key, mailbox=mailbox)

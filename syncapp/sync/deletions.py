@@ -39,16 +39,23 @@ class IdScan:
 
     def misses(self, link: EventLink) -> bool:
         """Whether the listing should have shown the link's record but did not (a deletion, or it moved)."""
-        scan = self.types.get(link.raynet_type)
-        if scan is None or link.raynet_id is None or link.created >= self.read_at:
+        return self.missing(link.raynet_type, link.raynet_id, link.created)
+
+    def missing(self, entity: str, record_id: int | None, linked_at: datetime) -> bool:
+        scan = self.types.get(entity)
+        if scan is None or record_id is None or linked_at >= self.read_at:
             return False  # a link made after the listing may point at a record made after it too
-        return scan.covers(link.raynet_id) and link.raynet_id not in scan.ids
+        return scan.covers(record_id) and record_id not in scan.ids
 
 
-def reported_deleted(*, entity: str, record_id: int) -> IdScan:
-    """A Raynet webhook said this record was deleted: a scan that covers it alone and did not see it, so the
-    engine fetches it (404 confirms) and handles the deletion by policy, the mass-delete guard included."""
-    return IdScan(read_at=timezone.now(), types={entity: TypeScan(ranges=[(record_id - 1, record_id)])})
+def reported_deleted(*, records: list[tuple[str, int]], read_at: datetime | None = None) -> IdScan:
+    """Records to look up (a deletion webhook reported them, or the poll's id scan did not show them): a scan
+    that covers each alone and did not see it, so the engine fetches it (404 confirms) and handles the
+    deletion by policy, the mass-delete guard included."""
+    scan = IdScan(read_at=read_at or timezone.now())
+    for entity, record_id in records:
+        scan.types.setdefault(entity, TypeScan()).ranges.append((record_id - 1, record_id))
+    return scan
 
 
 def scan_raynet_ids(*, raynet: RaynetClient, connection: RaynetConnection, window: tuple[datetime, datetime]) -> IdScan:

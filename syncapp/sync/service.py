@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from syncapp.models import ConnectionOutcome, ConnectionStatus, Organization, SyncRun, UserMapping
+from syncapp.models import ConnectionOutcome, ConnectionStatus, EventLink, Organization, SyncRun, UserMapping
 from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem
 from syncapp.providers.outlook import OutlookClient
-from syncapp.providers.raynet import ENTITIES, RaynetClient
+from syncapp.providers.raynet import DATETIME_KEYS, ENTITIES, RaynetClient
 from syncapp.sync.deletions import IdScan, scan_raynet_ids
 from syncapp.sync.engine import MappingPlan, MappingSync, Outcome
 from syncapp.sync.observe import RaynetDirectory, SideFailed
@@ -31,14 +33,62 @@ logger = logging.getLogger("syncapp.sync")
 MAILBOX_LOCK_BASE = 0x5259_0000_0000  # "RY": a namespace for pg advisory locks on mappings
 # A connection's "Working" and last success are written at most this often, not on every run.
 SUCCESS_RECORD_INTERVAL = timedelta(minutes=10)
+MAPPING_WITH_CONNECTIONS = UserMapping.objects.select_related(
+    "organization__policy", "organization__raynet", "organization__microsoft"
+)
 
 
 def make_clients(organization: Organization) -> tuple[RaynetClient, OutlookClient]:
     return RaynetClient(organization.raynet), OutlookClient(organization.microsoft)
 
 
+@dataclass
+class RaynetListing:
+    """One organization-wide read of Raynet for a poll: the changes since the oldest cursor, routed to the
+    mailboxes by owner, and the id scan that finds deletions (deletions.py)."""
+
+    read_at: datetime
+    incremental: list[UserMapping]  # the mappings that take their changes from it (the others read the window)
+    changes: dict[int | None, list]
+    id_scan: IdScan | None
+
+    def changes_for(self, mapping: UserMapping) -> list | None:
+        """The mapping's rows (a row without an owner goes to the first), or None: it reads its window."""
+        if mapping not in self.incremental:
+            return None
+        unrouted = self.changes.get(None, []) if mapping is self.incremental[0] else []
+        return self.changes.get(mapping.raynet_person_id, []) + unrouted
+
+
+def organization_listing(
+    *, organization: Organization, mappings: list[UserMapping], raynet: RaynetClient, full: bool = False
+) -> RaynetListing:
+    """List Raynet once for the organization's mappings. Raises ProviderError (any other failure is one too:
+    a malformed answer must not stop every mailbox silently; each records why and waits for the next run)."""
+    read_at = timezone.now()
+    incremental = [m for m in mappings if not full and not needs_window_read(m)]
+    try:
+        changes = fetch_raynet_changes(raynet, since=min((m.raynet_cursor for m in incremental), default=None))
+        window = mappings[0].effective_policy(organization.policy).window()
+        id_scan = scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
+    except ProviderError:
+        raise
+    except Exception as exc:
+        logger.exception("the Raynet listing of %s could not be read", organization)
+        raise ProviderError(
+            f"The organization's Raynet change listing could not be read ({type(exc).__name__}); "
+            "every mailbox waits for the next run.",
+            kind=ErrorKind.TRANSIENT,
+            side="raynet",
+        ) from exc
+    return RaynetListing(read_at=read_at, incremental=incremental, changes=changes, id_scan=id_scan)
+
+
 def sync_organization(*, organization: Organization, trigger: str, full: bool = False) -> list[SyncRun]:
-    """Sync every enabled mapping; Raynet changes and ids are listed once for the organization, then routed."""
+    """Sync every enabled mapping in this process; Raynet is listed once for the organization, then routed.
+
+    The worker does the same in parallel (syncapp/jobs.py organization_fan_out): the listing in one task,
+    then one task per mailbox with its share."""
     mappings = list(organization.mappings.filter(enabled=True).order_by("pk"))
     if not mappings or not organization.policy.sync_enabled:
         return []
@@ -47,30 +97,12 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
         return [sync_mapping(mapping=mapping, trigger=trigger) for mapping in mappings]
     raynet, outlook = make_clients(organization)
     directory = RaynetDirectory(raynet, organization)
-    read_at = timezone.now()
-    incremental = [m for m in mappings if not full and not needs_window_read(m)]
     try:
-        changes = fetch_raynet_changes(raynet, since=min((m.raynet_cursor for m in incremental), default=None))
-        window = mappings[0].effective_policy(organization.policy).window()
-        id_scan = scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
+        listing = organization_listing(organization=organization, mappings=mappings, raynet=raynet, full=full)
     except ProviderError as error:
         return [failed_run(m, trigger, error) for m in mappings]
-    except Exception as exc:
-        # One malformed answer must not stop every mailbox silently: each records why and waits for the next run.
-        logger.exception("the Raynet listing of %s could not be read", organization)
-        error = ProviderError(
-            f"The organization's Raynet change listing could not be read ({type(exc).__name__}); "
-            "every mailbox waits for the next run.",
-            kind=ErrorKind.TRANSIENT,
-            side="raynet",
-        )
-        return [failed_run(m, trigger, error) for m in mappings]
-    unrouted = changes.pop(None, [])
     runs = []
     for mapping in mappings:
-        batch = None
-        if mapping in incremental:
-            batch = changes.get(mapping.raynet_person_id, []) + (unrouted if mapping is incremental[0] else [])
         try:
             runs.append(
                 sync_mapping(
@@ -79,15 +111,56 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
                     full=full,
                     clients=(raynet, outlook),
                     directory=directory,
-                    raynet_changes=batch,
-                    id_scan=id_scan,
-                    read_at=read_at,
+                    raynet_changes=listing.changes_for(mapping),
+                    id_scan=listing.id_scan if mapping in listing.incremental else None,
+                    read_at=listing.read_at,
                 )
             )
         except Exception:
             # Recorded on the run and the mapping by sync_mapping; the other mailboxes still sync.
             logger.exception("sync of %s stopped on an internal error", mapping)
     return runs
+
+
+def listing_shares(*, organization: Organization, listing: RaynetListing) -> dict[int, dict]:
+    """Each incremental mapping's share of the listing, as JSON that its task reads in another process: the
+    rows routed to it and the linked records in the window the id scan should have shown but did not (the
+    run looks each up; 404 = deleted). One query for the organization's links, none per mailbox."""
+    suspects: dict[int, list[list]] = {}
+    if listing.id_scan is not None:
+        start, end = listing.incremental[0].effective_policy(organization.policy).window()
+        in_window = Q(ends_at__isnull=True) | (
+            Q(ends_at__gte=start) & (Q(starts_at__isnull=True) | Q(starts_at__lte=end))
+        )
+        links = EventLink.objects.filter(
+            in_window, mapping__in=listing.incremental, state=EventLink.State.ACTIVE, raynet_id__isnull=False
+        ).values_list("mapping_id", "raynet_type", "raynet_id", "created")
+        for mapping_id, entity, record_id, linked_at in links:
+            if listing.id_scan.missing(entity, record_id, linked_at):
+                suspects.setdefault(mapping_id, []).append([entity, record_id])
+    return {
+        mapping.pk: {
+            "read_at": listing.read_at.isoformat(),
+            "rows": [encoded_row(row) for row in listing.changes_for(mapping) or []],
+            "checks": suspects.get(mapping.pk, []),
+        }
+        for mapping in listing.incremental
+    }
+
+
+def encoded_row(row: dict | UnreadableItem) -> dict:
+    if isinstance(row, UnreadableItem):
+        return {"_unreadable": asdict(row)}
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
+
+
+def decoded_row(row: dict) -> dict | UnreadableItem:
+    if "_unreadable" in row:
+        return UnreadableItem(**row["_unreadable"])
+    return {
+        key: datetime.fromisoformat(value) if key in DATETIME_KEYS and isinstance(value, str) else value
+        for key, value in row.items()
+    }
 
 
 def fetch_raynet_changes(
@@ -120,12 +193,15 @@ def sync_mapping(
     raynet_changes: list | None = None,
     id_scan: IdScan | None = None,
     read_at: datetime | None = None,
+    lock_held: bool = False,
 ) -> SyncRun:
-    """Sync one Raynet user with one mailbox. Never runs twice at once for the same mailbox."""
-    with mailbox_lock(mapping.pk) as locked:
+    """Sync one Raynet user with one mailbox. Never runs twice at once for the same mailbox (`lock_held`:
+    the caller holds mailbox_lock already)."""
+    with nullcontext(True) if lock_held else mailbox_lock(mapping.pk) as locked:
         if not locked:
             return skipped_run(mapping, trigger, "Another sync of this mailbox is running.")
-        mapping.refresh_from_db()
+        # The row as it is now (cursors, health, a stop), with what not_ready_reason reads, in one query.
+        mapping.refresh_from_db(from_queryset=MAPPING_WITH_CONNECTIONS)
         reason = not_ready_reason(mapping) or waiting_reason(mapping)
         if reason:
             return skipped_run(mapping, trigger, reason)
@@ -137,7 +213,9 @@ def sync_mapping(
         try:
             # A first sync that waited for budget goes on, with a whole read of both sides, once there is some.
             full = full or first_sync_resumes(mapping)
-            if raynet_changes is None and not full and not needs_window_read(mapping):
+            if full or needs_window_read(mapping):
+                raynet_changes = None  # the window is read whole (a share of an earlier poll is not enough)
+            elif raynet_changes is None:
                 owner = mapping.raynet_person_id
                 changes = fetch_raynet_changes(raynet, since=mapping.raynet_cursor, owner_id=owner)
                 raynet_changes = changes.get(owner, [])
@@ -182,7 +260,22 @@ def record_outcome(
         mapping.health, mapping.health_reason = UserMapping.Health.FLAGGED, outcome.flag_reason
     elif mapping.health != UserMapping.Health.FLAGGED or outcome.released:
         mapping.health, mapping.health_reason = health_after(log, outcome)
-    mapping.save()
+    # Only what a run decides: a request for the next run (sync_requested_at …) may have come meanwhile.
+    mapping.save(update_fields=RUN_OUTCOME_FIELDS)
+
+
+RUN_OUTCOME_FIELDS = [
+    "graph_delta_link",
+    "graph_delta_window_start",
+    "raynet_cursor",
+    "mass_delete_approved",
+    "not_before",
+    "last_synced_at",
+    "health",
+    "health_reason",
+    "first_sync_pending",
+    "first_sync_done_at",
+]
 
 
 def mapping_dry_run(*, mapping: UserMapping) -> MappingPlan:

@@ -220,3 +220,62 @@ def median(values: list[float]) -> float:
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+@contextmanager
+def live_world(meetings: int = 5) -> Iterator:
+    """Alice and Bob on sandboxes served over HTTPS from PostgreSQL with the portal's endpoints at a public
+    https address (tests/http_world.py), `meetings` of Alice's meetings linked, her mailbox subscribed to
+    Graph notifications, the Raynet webhook registered, and a real `qcluster` process running."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    import trustme
+    from django.conf import settings
+    from django_q.status import Stat
+
+    from syncapp import notifications
+    from tests.http_world import ROOT, build_http_world, portal_over_tls
+    from tests.sync_fixtures import soon
+
+    authority = trustme.CA()
+    with tempfile.TemporaryDirectory() as folder:
+        ca_path = os.path.join(folder, "ca.pem")
+        authority.cert_pem.write_to_path(ca_path)
+        os.environ["REQUESTS_CA_BUNDLE"] = ca_path  # this process's sandbox deliveries and clients trust it
+        with portal_over_tls(authority, ca_path) as server:
+            settings.PUBLIC_BASE_URL = server.url
+            world = build_http_world(server, settings)
+            with world.acting() as acting:
+                acting.outlook.state["deliver_http"] = True
+                for n in range(meetings):
+                    acting.raynet.ui_create_activity(
+                        "meeting", world.alice.person_id, f"Meeting {n}", soon(2 + n), soon(2 + n, 11)
+                    )
+            world.sync()
+            world.sync()
+            assert notifications.mailbox_subscribe(mapping=world.alice.mapping)
+            assert notifications.raynet_webhook_register(organization=world.org)
+            with open(os.path.join(folder, "qcluster.log"), "w") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "manage.py", "qcluster"],
+                    cwd=ROOT,
+                    env=world.sync_env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                try:
+                    started = time.monotonic()
+                    while not Stat.get_all() and time.monotonic() - started < 30:
+                        time.sleep(0.2)
+                    yield world
+                finally:
+                    worker.send_signal(signal.SIGTERM)
+                    try:
+                        worker.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(worker.pid, signal.SIGKILL)  # its workers too
+                        raise
