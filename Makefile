@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+# `make run` is the demo: the sandboxes stand in for Raynet and Microsoft 365, seeded once with a demo
+# organization (syncapp/demo.py). DEMO=0 for a real install. The sandboxes and our callback endpoints are
+# served over HTTPS (MSAL accepts only https) at PORT + 443 unless DEMO_HTTPS_URL says otherwise.
+DEMO ?= 1
+DEMO_HTTPS_URL ?= https://127.0.0.1:$(shell echo $$(($(PORT) + 443)))
+DEMO_ENV := DEMO=$(DEMO) DEMO_HTTPS_URL=$(DEMO_HTTPS_URL)
 
-.PHONY: run test bench lint migrate worker stopdb clean catalogues messages
+.PHONY: run demo-reset test bench lint migrate worker stopdb clean catalogues messages
 
 $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +26,15 @@ migrate: catalogues
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py createcachetable
 
-# The web server and the background worker together, in the foreground; Ctrl-C stops both.
+# The web server and the background worker together (with the demo: the HTTPS server and the seed, which
+# prints the demo's login), in the foreground; Ctrl-C stops everything.
 run: migrate
 	$(PY) manage.py setup_schedules
-	@echo "Portal: http://127.0.0.1:$(PORT)/  (admin: http://127.0.0.1:$(PORT)/admin/)"
-	$(PY) manage.py run_portal 127.0.0.1:$(PORT)
+	$(DEMO_ENV) $(PY) manage.py run_portal 127.0.0.1:$(PORT)
+
+# The demo's data from scratch: the demo organization and both sandboxes are made again (the logins stay).
+demo-reset: migrate
+	DEMO=1 DEMO_HTTPS_URL=$(DEMO_HTTPS_URL) $(PY) manage.py seed_demo --reset --portal-url http://127.0.0.1:$(PORT)/
 
 # The worker alone (a second machine, or with the web server run elsewhere).
 worker: migrate

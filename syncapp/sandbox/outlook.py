@@ -1490,6 +1490,25 @@ class GraphSandbox(Sandbox):
                 [copy["organizer"]["emailAddress"]["address"]],
             )
 
+    def person_receive_invitation(
+        self, user_id: str, organizer: str, organizer_name: str, subject: str, start: datetime, end: datetime, **fields
+    ) -> str:
+        """An invitation from outside the tenant arrives in the mailbox: its copy, organized by `organizer`.
+
+        `fields` as person_create_event's (body, location, time_zone, ...); the mailbox is the one attendee."""
+        data = self._person_fields(subject=subject, start=start, end=end, **fields)
+        with self.lock:
+            event = self._create(user_id, data)
+            event.update(
+                isOrganizer=False,
+                organizer={"emailAddress": {"name": organizer_name, "address": organizer}},
+                attendees=[self._attendee(self._address(user_id))],
+                showAs="tentative",
+                responseStatus={"response": "none", "time": NO_TIME},
+            )
+            self._touch(event)
+        return event["id"]
+
     def occurrence_id(self, user_id: str, series_id: str, occurrence_date: date) -> str:
         """The id of the occurrence of a series that starts on `occurrence_date` (in the series' zone)."""
         master = self._stored(user_id, self._internal_id(series_id))

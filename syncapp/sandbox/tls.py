@@ -9,9 +9,16 @@ trust the CA through `settings.SANDBOX_CA_BUNDLE` only (nothing is installed sys
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import certifi
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler, get_internal_wsgi_application
@@ -71,6 +78,8 @@ class HttpsServer(ThreadedWSGIServer):
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
     def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ssl.SSLEOFError):  # connected and left: a port probe (wait_until_answering)
+            return
         logger.warning("TLS connection from %s failed", client_address[0], exc_info=True)
 
 
@@ -79,3 +88,44 @@ def https_server(host: str, port: int, certificates: DemoCertificates) -> HttpsS
     server = HttpsServer((host, port), certificates)
     server.set_app(get_internal_wsgi_application())
     return server
+
+
+def address_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 443
+
+
+def answers(url: str) -> bool:
+    """Something accepts connections at the URL's host and port."""
+    try:
+        with socket.create_connection(address_of(url), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until_answering(url: str, *, seconds: float, still_waiting=lambda: True) -> bool:
+    """Wait for a server that is starting; gives up after `seconds` or when `still_waiting()` turns False."""
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up and still_waiting():
+        if answers(url):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@contextmanager
+def https_served(url: str, certificates: DemoCertificates) -> Iterator[None]:
+    """The app served over HTTPS at `url` for the duration: by a server thread here, unless one answers already
+    (`make run`'s serve_tls), so `manage.py seed_demo` works with or without the demo running."""
+    if answers(url):
+        yield
+        return
+    server = https_server(*address_of(url), certificates)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,16 +5,17 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from syncapp.sandbox.tls import demo_certificates, https_server
+from syncapp.sandbox.tls import address_of, demo_certificates, https_server
 
 
 class Command(BaseCommand):
     help = "Serve the app over HTTPS with the demo's local CA (for the sandboxes and our callback endpoints)."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8443)
-        parser.add_argument("--certs", default=str(settings.BASE_DIR / ".demo-tls"))
+        host, port = address_of(settings.DEMO_HTTPS_URL)
+        parser.add_argument("--host", default=host)
+        parser.add_argument("--port", type=int, default=port, help="default: DEMO_HTTPS_URL's")
+        parser.add_argument("--certs", default=str(settings.DEMO_TLS_DIR))
         parser.add_argument("--make-only", action="store_true", help="make the certificates and exit")
 
     def handle(self, *args, host, port, certs, make_only, **options) -> None:
