@@ -264,7 +264,7 @@ def connections_ensure(*, organization: Organization) -> None:
     """Raynet (connection test, webhook) and Microsoft 365 (consent record: MSAL's token flow, users, a calendar).
 
     When the demo's HTTPS address changed since it was seeded (another PORT), both are pointed at the new one,
-    with the webhook and the subscriptions registered again for it."""
+    with the webhook and the subscriptions registered again for it and the mailboxes' cursors reset."""
     raynet = getattr(organization, "raynet", None)
     moved = raynet is not None and raynet.api_base_url != demo_raynet_url()
     if raynet is None or moved or raynet.status != ConnectionStatus.OK:
@@ -278,6 +278,7 @@ def connections_ensure(*, organization: Organization) -> None:
         for mapping in organization.mappings.filter(enabled=True):
             mailbox_unsubscribe(mapping=mapping)
             mailbox_subscribe(mapping=mapping)
+            mapping.reset_cursors()  # Graph's delta links are absolute URLs at the old address
     microsoft = getattr(organization, "microsoft", None)
     if microsoft is None:
         ok, message = onboarding.microsoft_consent_record(

@@ -508,6 +508,10 @@ class EventLink(models.Model):
     # syncapp/sync/reasons.py), found once and remembered, so a held mailbox's polls do not look for it
     # again. Empty when nothing is held.
     held_gone = models.CharField(max_length=30, blank=True)
+    # What of both sides' last-synced state a write does not carry (Raynet: status, participants, owner;
+    # Outlook: all-day, private, attendees): a write's expected hash is computed from it and the write
+    # itself, so the record is not read before it is written (apply.py). Empty on links older than it.
+    baseline = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
 

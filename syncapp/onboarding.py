@@ -6,6 +6,7 @@ Views call these and stay thin; each takes keyword arguments and touches only th
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -494,6 +495,24 @@ def preview_plans(*, mappings: list[UserMapping]) -> list[PreviewPlan]:
         ]
         plans.append(PreviewPlan(mapping, plan.counts(), invitations))
     return plans
+
+
+@dataclass(frozen=True)
+class FirstSyncForecast:
+    events: int  # events the first syncs make in Raynet
+    cap: int  # Raynet requests a day first syncs may spend
+    days: int  # days it takes at that cap
+
+
+def first_sync_forecast(*, organization: Organization, plans: list[PreviewPlan]) -> FirstSyncForecast | None:
+    """How long the previewed first syncs take at FIRST_SYNC_BUDGET_SHARE of the daily Raynet budget."""
+    raynet = getattr(organization, "raynet", None)
+    events = sum(plan.counts.get("to_raynet", {}).get("create", 0) for plan in plans)
+    if raynet is None or not events:
+        return None
+    cap = raynet.first_sync_cap
+    days = math.ceil(events * raynet.first_sync_cost_per_event() / max(cap, 1))
+    return FirstSyncForecast(events=events, cap=cap, days=days)
 
 
 def organization_domains(organization: Organization) -> set[str]:

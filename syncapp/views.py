@@ -291,7 +291,13 @@ def setup_preview(request: HttpRequest, code) -> HttpResponse:
         return redirect("organization", organization.code)
     plans = onboarding.preview_plans(mappings=mappings)
     context = wizard_context(
-        organization, membership, "preview", plans=plans, horizon_days=settings.OCCURRENCE_HORIZON_DAYS
+        organization,
+        membership,
+        "preview",
+        plans=plans,
+        horizon_days=settings.OCCURRENCE_HORIZON_DAYS,
+        forecast=onboarding.first_sync_forecast(organization=organization, plans=plans),
+        first_sync_share=settings.FIRST_SYNC_BUDGET_SHARE,
     )
     return render(request, "syncapp/setup_preview.html", context)
 

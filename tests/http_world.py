@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.db import connection
@@ -87,7 +86,7 @@ def portal_over_tls(authority, ca_path: str) -> Iterator[TLSServer]:
     authority.issue_cert("127.0.0.1").configure_cert(context)
     server = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler, allow_reuse_address=False)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.set_app(StaticFilesHandler(WSGIHandler()))  # the stylesheet too, for the browser test's pages
+    server.set_app(WSGIHandler())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -1,5 +1,5 @@
 """A real browser (Playwright driving Debian's chromium): an admin sets up an organization from nothing, in Czech and
-English; and in the simulated Outlook a person edits an event that then shows in the simulated Raynet.
+English; and on the seeded demo a person moves a meeting in the simulated Outlook and finds it in the simulated Raynet.
 
 Both sandboxes keep their state in PostgreSQL (the HTTP front's rows), so the browser, the portal and the
 test see one Raynet and one Microsoft tenant:
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,16 +27,17 @@ import responses
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django_q.conf import Conf
 
-from syncapp import notifications
-from syncapp.models import Membership, Organization, SyncLogEntry, SyncRun
+from syncapp.demo import DEMO_KEY, JANA, demo_seed, local
+from syncapp.models import Organization, SyncLogEntry, SyncRun
 from syncapp.providers.outlook import reset_token_apps
 from syncapp.sandbox.base import SandboxRequest, request_from_prepared, stored_sandbox
 from syncapp.sandbox.outlook import GraphSandbox
 from syncapp.sandbox.raynet import RaynetSandbox
-from tests.http_world import KEY as HTTP_WORLD_KEY
 from tests.outlook_fixtures import GRAPH_HOST, LOGIN_HOST, OUTLOOK_CLIENT_ID, OUTLOOK_CLIENT_SECRET, OUTLOOK_TENANT_ID
-from tests.sync_fixtures import soon
+from tests.test_demo import demo_certificates_dir, demo_https  # noqa: F401 - the seed's HTTPS server, shared
+from tests.test_webhooks import run_queued
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
@@ -132,7 +133,6 @@ def browser(language):
             headless=True,
             args=CHROMIUM_ARGS,
             locale=language,
-            ignore_https_errors=True,  # the https servers of the tests use a throwaway CA (tests/http_world.py)
         )
         yield context
         context.close()
@@ -234,53 +234,53 @@ def run_the_worker(organization: Organization) -> None:
     sync_organization(organization=organization, trigger="manual")
 
 
+@pytest.mark.usefixtures("demo_https")
 @pytest.mark.parametrize("language", ["cs"])
-def test_an_event_edited_in_simulated_outlook_shows_in_simulated_raynet(http_world, settings, browser, language):
-    """The whole product over HTTPS (tests/http_world.py): the edit reaches Raynet through Graph's change
-    notification to our endpoint and the sync it starts (tasks run at once in tests), with no poll."""
-    world = http_world
+def test_an_event_edited_in_simulated_outlook_shows_in_simulated_raynet(live_server, browser, language, monkeypatch):
+    """On the seeded demo (syncapp/demo.py, its sandboxes and hooks over HTTPS): Jana moves a customer meeting
+    in the simulated Outlook; Graph's change notification reaches our endpoint and the sync it starts writes
+    Raynet (tasks run at once here, as a worker would within seconds), and the simulated Raynet shows it."""
+    seed = demo_seed()
+    run_queued()  # the echoes of the seed's own writes
+    monkeypatch.setattr(Conf, "SYNC", True)
+    jana = seed.organization.mappings.get(raynet_email=JANA.email)
+    title, new_start = "Pivovar Hora: nabídka výčepního zařízení", local(3, 9)
     shots = ARTIFACTS / "sandbox"
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
-    settings.PUBLIC_BASE_URL = world.server.url
-    with world.acting():
-        world.outlook.state["deliver_http"] = world.raynet.state["deliver_http"] = True
-        world.outlook.person_create_event(world.alice.mailbox_id, "Call with Jan", soon(3), soon(3, 11))
-    assert notifications.mailbox_subscribe(mapping=world.alice.mapping)
-    world.sync()
-    sign_in(browser, world.server.url, world.org)
+    sign_in(browser, live_server.url, get_user_model().objects.get(email=seed.admin_email))
     page = browser.new_page()
 
-    page.goto(f"{world.server.url}/sandbox/{HTTP_WORLD_KEY}/outlook/?mailbox={world.alice.mailbox_id}")
+    page.goto(f"{live_server.url}/")
+    page.click("a.demo-link")
+    page.click(f"a[href='/sandbox/{DEMO_KEY}/outlook/']")
     assert "Simulovaný Outlook — jen pro ukázku" in page.inner_text(".simulated-banner")
-    page.click("tr[data-subject='Call with Jan'] a.button")
-    page.fill("input[name=subject]", "Call with Jan, moved")
-    page.fill("input[name=start]", local_input(soon(4, 13)))
-    page.fill("input[name=end]", local_input(soon(4, 14)))
-    page.screenshot(path=str(shots / "01-outlook-edit.png"), full_page=True)
-    page.click("button[name=save]")
-    page.wait_for_selector("tr[data-subject='Call with Jan, moved']")
+    page.select_option("select[name=mailbox]", jana.outlook_user_id)
+    page.click("form.picker button")
+    page.click(f"tr[data-subject='{title}'] a.button")
+    page.fill("form:has(button[name=move]) input[name=start]", local_input(new_start))
+    page.screenshot(path=str(shots / "01-outlook-move.png"), full_page=True)
+    page.click("button[name=move]")
+    page.wait_for_selector(f"tr[data-subject='{title}']")
     page.screenshot(path=str(shots / "02-outlook-calendar.png"), full_page=True)
 
     page.click(".sandbox-nav a[href$='/raynet/']")
-    page.select_option("select[name=user]", str(world.alice.user_account_id))
+    page.select_option("select[name=user]", str(jana.raynet_user_id))
     page.click("form.picker button")
-    row = page.locator("tr[data-title='Call with Jan, moved']")
+    row = page.locator(f"tr[data-title='{title}']")
     row.wait_for()
     page.screenshot(path=str(shots / "03-raynet-calendar.png"), full_page=True)
-    assert timezone.localtime(soon(4, 13)).strftime("%H:%M") in row.inner_text()
-    world.reload()
-    [meeting] = world.raynet_events(title="Call with Jan, moved")
-    assert meeting["scheduledFrom"] == soon(4, 13).isoformat()
-    assert world.alice.mapping.runs.order_by("pk").last().trigger == SyncRun.Trigger.WEBHOOK
+    assert new_start.strftime("%H:%M") in row.inner_text()
+    with stored_sandbox(RaynetSandbox, DEMO_KEY) as raynet:
+        [meeting] = [r for r in raynet.activities("meeting") if r["title"] == title]
+    assert meeting["scheduledFrom"] == new_start.astimezone(UTC).isoformat()
+    assert jana.runs.order_by("pk").last().trigger == SyncRun.Trigger.WEBHOOK  # the notification's run, no poll
 
 
-def sign_in(browser, base_url: str, organization: Organization) -> None:
-    """A member of the organization, signed in through a session cookie (the sign-in page has its own test)."""
+def sign_in(browser, base_url: str, user) -> None:
+    """The user signed in through a session cookie (the sign-in page has its own test above)."""
     from django.test import Client
 
-    user = get_user_model().objects.create_user(username="dana@acme.test", email="dana@acme.test", password="x" * 12)
-    Membership.objects.create(organization=organization, user=user, role=Membership.Role.VIEWER)
     client = Client()
     client.force_login(user)
     cookie = client.cookies[django_settings.SESSION_COOKIE_NAME]

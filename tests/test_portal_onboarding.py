@@ -349,6 +349,11 @@ def test_the_preview_shows_counts_and_invitations_with_external_addresses_highli
     assert '<span class="">bob@acme.test</span>' in page
     assert '<span class="external">jan@customer.test (external)</span>' in page
     assert "Later: 275 occurrences of recurring series more than 90 days ahead." in page
+    # 2 events at 2 requests each, 12,000 requests a day (no budget known yet: Raynet's default 24,000).
+    assert (
+        "The first sync makes 2 events in Raynet. It may use 12,000 Raynet requests a day (50 % of the budget)" in page
+    )
+    assert "so it takes about 1 day(s)." in page
 
 
 def test_sync_now_asks_the_background_worker_for_that_mailbox(client, org, admin_user):

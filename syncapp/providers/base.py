@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import random
 import re
 import threading
@@ -248,6 +249,12 @@ class ProviderSession:
     ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.http = TrustedSession()
+        # What requests takes from the environment (proxies, a CA bundle), read once for the session's host
+        # rather than on every request: it scans os.environ each time, a good part of an idle poll's CPU.
+        self.http.proxies = requests.utils.get_environ_proxies(self.base_url)
+        if self.http.verify is True:
+            self.http.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.http.trust_env = False
         self.classify = classify
         self.side = side
         self.secrets = secrets

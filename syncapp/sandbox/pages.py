@@ -183,13 +183,16 @@ def raynet_initial(record: dict) -> dict:
     }
 
 
+RAYNET_FIELDS = {
+    "title": "title", "start": "scheduledFrom", "end": "scheduledTill", "place": "meetingPlace",
+    "description": "description",
+}  # fmt: skip
+
+
 def raynet_fields(cleaned: dict, changed: list[str]) -> dict:
-    """The changed form fields in the sandbox's stored form (ui_edit_activity's keyword arguments)."""
-    names = {"title": "title", "start": "scheduledFrom", "end": "scheduledTill", "place": "meetingPlace"}
-    names |= {"description": "description"}
-    fields = {names[name]: cleaned[name] or None for name in changed if name in names}
-    if "title" in fields:
-        fields["title"] = cleaned["title"]
+    """The changed form fields in the sandbox's stored form (ui_edit_activity's keyword arguments); Raynet
+    stores an emptied text as null."""
+    fields = {RAYNET_FIELDS[name]: cleaned[name] or None for name in changed if name in RAYNET_FIELDS}
     if "participants" in changed:
         fields["participants"] = [int(person) for person in cleaned["participants"]]
     return fields
@@ -217,11 +220,12 @@ def raynet_calendar(request: HttpRequest, key: str) -> HttpResponse:
         rows = raynet_rows(raynet, user["person"], start, end) if user else []
         users = sorted(raynet.state["users"].values(), key=lambda u: u["username"].lower())
         choices = [(str(u["id"]), f"{raynet.person_name(u['person'])} <{u['username']}>") for u in users]
+        picked_name = raynet.person_name(user["person"]) if user else ""
     if created:
         messages.success(request, _("Saved in the simulated Raynet."))
         return back_to("sandbox-raynet", key, user=user_id)
     context = {
-        "app": "raynet", "key": key, "picked": user, "rows": rows, "form": form,
+        "app": "raynet", "key": key, "picked": user, "picked_name": picked_name, "rows": rows, "form": form,
         "picker": {"label": _("Act as the Raynet user"), "name": "user", "choices": choices, "value": user_id},
         "window": (start, end), "links": window_links(request, start, user=user_id or ""),
     }  # fmt: skip

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from syncapp.models import DeletionMode, EffectivePolicy, EventLink, UserMapping
-from syncapp.providers.base import ProviderError
+from syncapp.providers.base import ErrorKind, ProviderError
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
 from syncapp.sync import fields as f
@@ -50,7 +50,7 @@ logger = logging.getLogger("syncapp.sync")
 
 # Links finished (and log entries kept) before the applier commits them together in one transaction.
 BATCH_SIZE = 100
-# What carrying out an action changes on a link (bulk_update writes these; the rest never changes).
+# What carrying out an action changes on a link (flush writes these; the rest never changes).
 OUTCOME_FIELDS = [
     "raynet_type",
     "raynet_id",
@@ -67,11 +67,51 @@ OUTCOME_FIELDS = [
     "state",
     "intent",
     "held_gone",
+    "baseline",
     "updated",
 ]
 
 # How far back of the intent an orphan's rowInfo.createdAt may be: Raynet stamps minutes (reference §4).
 ORPHAN_CLOCK_SLACK = timedelta(minutes=2)
+
+
+def save_outcomes(links: list[EventLink]) -> None:
+    """One `UPDATE … FROM (VALUES …)` for the links' OUTCOME_FIELDS.
+
+    Not bulk_update: its CASE WHEN per field and row costs more CPU to build than a statement per link;
+    not a save per link: a statement (and a round trip) per event is what the initial sync spends most on.
+    """
+    if not links:
+        return
+    fields = [EventLink._meta.get_field(name) for name in OUTCOME_FIELDS]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    casts = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
+    rows = ", ".join(f"(%s::integer, {casts})" for _ in links)
+    params: list = []
+    for link in links:
+        params.append(link.pk)
+        params += [field.get_db_prep_save(getattr(link, field.attname), connection) for field in fields]
+    assignments = ", ".join(
+        f"{connection.ops.quote_name(f.column)} = v.{connection.ops.quote_name(f.column)}" for f in fields
+    )
+    table = connection.ops.quote_name(EventLink._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS l SET {assignments} FROM (VALUES {rows}) AS v(id, {columns}) WHERE l.id = v.id",
+            params,
+        )
+
+
+def raynet_create_intent(write: dict, owner_id: int) -> dict:
+    """What find_orphan matches a lost reply's record on: owner, title and times of the create."""
+    return {
+        "op": Kind.CREATE_IN_RAYNET.value,
+        "at": timezone.now().isoformat(),
+        "owner": owner_id,
+        "title": write["title"],
+        "from": write["scheduledFrom"].isoformat(),
+        "till": write["scheduledTill"].isoformat(),
+    }
 
 
 def raynet_ext_id(link: EventLink) -> str:
@@ -95,6 +135,31 @@ class Applier:
     mapped_organizers: frozenset[str]
     links: list[EventLink] = field(default_factory=list)
     finished: dict[int, EventLink] = field(default_factory=dict)  # by pk, outcomes not yet written
+    prepared: dict[int, EventLink] = field(default_factory=dict)  # by id(action): creates whose intent is stored
+
+    def prepare_creates(self, actions: list[Action]) -> None:
+        """The intents of a batch's creates in one INSERT, before any of their calls (not one INSERT each).
+
+        A run killed in the batch leaves the intents of the creates it did not reach: the next run finishes
+        them as any interrupted create (finish_pending_creates); those the run skips are dropped (discard).
+        """
+        links = {}
+        for action in actions:
+            try:
+                if action.kind == Kind.CREATE_IN_OUTLOOK:
+                    links[id(action)] = self.export_link(action.pair.activity)
+                elif action.kind == Kind.CREATE_IN_RAYNET:
+                    links[id(action)] = self.import_link(action.pair.event, action.owner_id)
+            except Exception as error:  # one item's data: the action itself meets it again, and logs it
+                logger.info("create not prepared: %r", error)
+        EventLink.objects.bulk_create(links.values())
+        self.prepared.update(links)
+
+    def discard_prepared(self) -> None:
+        """The stored intents of creates the run did not carry out (it stopped, or left them for later)."""
+        if self.prepared:
+            EventLink.objects.filter(pk__in=[link.pk for link in self.prepared.values()]).delete()
+            self.prepared = {}
 
     # --- the batch --------------------------------------------------------------------------------
     def done(self, link: EventLink) -> None:
@@ -112,10 +177,8 @@ class Applier:
         Every intent was stored before its call, so a run killed before this finds each write it made
         (apply.py's docstring): what is lost is the log of the batch, which the recovery logs again.
         """
-        links = [link for link in self.finished.values() if link.pk is not None]
         with transaction.atomic():
-            if links:
-                EventLink.objects.bulk_update(links, OUTCOME_FIELDS)
+            save_outcomes([link for link in self.finished.values() if link.pk is not None])
             self.log.flush()
         self.finished = {}
 
@@ -123,9 +186,9 @@ class Applier:
         pair, link = action.pair, action.pair.link
         match action.kind:
             case Kind.CREATE_IN_OUTLOOK:
-                self.export_raynet_activity(pair.activity)
+                self.export_raynet_activity(pair.activity, self.prepared.pop(id(action), None))
             case Kind.CREATE_IN_RAYNET:
-                self.import_outlook_event(pair.event, action.owner_id)
+                self.import_outlook_event(pair.event, action.owner_id, self.prepared.pop(id(action), None))
             case Kind.UPDATE_OUTLOOK:
                 self.push_to_outlook(link, pair.activity, pair.event, action)
             case Kind.UPDATE_RAYNET:
@@ -298,7 +361,13 @@ class Applier:
         self.log.record("recovered", Reason.OWN_WRITE_RECOGNIZED, link=link)
 
     # --- Outlook → Raynet -------------------------------------------------------------------------
-    def import_outlook_event(self, event: dict, owner_id: int) -> None:
+    def import_outlook_event(self, event: dict, owner_id: int, prepared: EventLink | None = None) -> None:
+        link = prepared or self.import_link(event, owner_id)
+        self.links.append(link)
+        self.create_in_raynet(link, event, owner_id, intent_stored=prepared is not None)
+
+    def import_link(self, event: dict, owner_id: int) -> EventLink:
+        """The link of an Outlook event about to be created in Raynet, with the create's intent (unsaved)."""
         link = EventLink(
             organization_id=self.mapping.organization_id,
             mapping=self.mapping,
@@ -308,10 +377,11 @@ class Applier:
             series_master_id=event.get("seriesMasterId") or "",
         )
         self.store_outlook_state(link, event)
-        self.links.append(link)
-        self.create_in_raynet(link, event, owner_id)
+        write, _persons, _blocker = self.raynet_create(link, event, owner_id)
+        link.intent = raynet_create_intent(write, owner_id)
+        return link
 
-    def create_in_raynet(self, link: EventLink, event: dict, owner_id: int) -> None:
+    def raynet_create(self, link: EventLink, event: dict, owner_id: int) -> tuple[dict, set[int], bool]:
         time_blocker = is_time_blocker(event, link, self.policy)
         write = f.raynet_fields_from_outlook(event, zone=self.zone, time_blocker=time_blocker)
         persons = set() if time_blocker else self.persons_for(f.outlook_attendee_emails(event))
@@ -321,13 +391,14 @@ class Applier:
             status="SCHEDULED",
             participants=[{"person": pid} for pid in sorted(persons)],
         )
-        # The intent, before the external write: what find_orphan matches a lost reply's record on.
-        link.record_intent(
-            Kind.CREATE_IN_RAYNET,
-            owner=owner_id,
-            title=write["title"],
-            **{"from": write["scheduledFrom"].isoformat(), "till": write["scheduledTill"].isoformat()},
-        )
+        return write, persons, time_blocker
+
+    def create_in_raynet(self, link: EventLink, event: dict, owner_id: int, *, intent_stored: bool = False) -> None:
+        write, persons, time_blocker = self.raynet_create(link, event, owner_id)
+        if not intent_stored:
+            # The intent, before the external write: what find_orphan matches a lost reply's record on.
+            link.intent = raynet_create_intent(write, owner_id)
+            link.save()
         link.raynet_id = self.raynet.create_activity(link.raynet_type, write, ext_id=raynet_ext_id(link))
         expected = f.raynet_after_write(None, write, owner_id=owner_id, wanted_person_ids=persons)
         self.store_raynet_state(link, expected)
@@ -339,50 +410,59 @@ class Applier:
     def push_to_raynet(
         self, link: EventLink, event: dict, activity: dict | None, action: Action | None, *, quiet: bool = False
     ) -> None:
-        if activity is None or any("id" not in p for p in activity.get("participants") or []):
-            # List rows carry no participant ids, which removing a participant needs: read the detail.
+        activity = activity or self.raynet_as_synced(link) or self.raynet.get_activity(link.raynet_type, link.raynet_id)
+        time_blocker = is_time_blocker(event, link, self.policy)
+        wanted = self.participants_wanted(link, activity, event, time_blocker) if activity is not None else set()
+        if activity is not None and set(f.raynet_participant_ids(activity)) - wanted and not f.has_row_ids(activity):
+            # Removing a participant takes its row id, which only the detail has (not list rows, not the link).
             activity = self.raynet.get_activity(link.raynet_type, link.raynet_id)
         if activity is None:
-            gone = Action(Kind.RESTORE_IN_RAYNET, Pair(link=link, event=event), TO_RAYNET, Reason.RESTORED_IN_RAYNET)
-            return self.restore_raynet(link, gone.pair, gone, gone_reason=Gone.DELETED_IN_RAYNET)
-        time_blocker = is_time_blocker(event, link, self.policy)
+            return self.restore_raynet_gone(link, event)
         write = f.raynet_fields_from_outlook(event, zone=self.zone, time_blocker=time_blocker)
-        persons, ops = self.participant_changes(link, activity, event, time_blocker)
+        ops = f.participant_ops(activity, wanted)
         if ops:
             write["participants"] = ops
-        expected = f.raynet_after_write(
-            activity, write, owner_id=f.raynet_owner_id(activity), wanted_person_ids=persons
-        )
+        expected = f.raynet_after_write(activity, write, owner_id=f.raynet_owner_id(activity), wanted_person_ids=wanted)
         link.record_intent(
             Kind.UPDATE_RAYNET,
             target="raynet",
             raynet_hash=raynet_hash(expected),
             outlook_hash=outlook_hash(event, link, self.policy),
         )
-        self.raynet.update_activity(link.raynet_type, link.raynet_id, write)
+        try:
+            self.raynet.update_activity(link.raynet_type, link.raynet_id, write)
+        except ProviderError as error:
+            if error.kind != ErrorKind.NOT_FOUND:
+                raise
+            return self.restore_raynet_gone(link, event)  # deleted since the last poll's listing
         self.store_raynet_state(link, expected)
         self.store_outlook_state(link, event)
         self.done(link)
         if not quiet:
             self.log_update(link, action, TO_RAYNET)
 
-    def participant_changes(self, link, activity, event, time_blocker) -> tuple[set[int], list[dict]]:
+    def restore_raynet_gone(self, link: EventLink, event: dict) -> None:
+        gone = Action(Kind.RESTORE_IN_RAYNET, Pair(link=link, event=event), TO_RAYNET, Reason.RESTORED_IN_RAYNET)
+        self.restore_raynet(link, gone.pair, gone, gone_reason=Gone.DELETED_IN_RAYNET)
+
+    def participants_wanted(self, link, activity, event, time_blocker) -> set[int]:
         """Participants after applying the Outlook attendee changes since the last sync (see link.outlook_attendees)."""
-        current = set(f.raynet_participant_ids(activity))
         if time_blocker:
-            return set(), f.participant_ops(activity, set())
+            return set()
+        current = set(f.raynet_participant_ids(activity))
         attendees = set(f.outlook_attendee_emails(event))
         shared = set(link.outlook_attendees)
         removed_emails = shared - attendees
         added = self.persons_for(sorted(attendees - shared))
-        removed = {
-            pid
-            for pid, email in self.raynet.get_person_emails(current).items()
-            if email and email.lower() in removed_emails
-        }
-        wanted = (current - removed) | added
+        removed = set()
+        if removed_emails:  # who of the participants they are: their e-mails (cached, else one read each)
+            removed = {
+                pid
+                for pid, email in self.raynet.get_person_emails(current).items()
+                if email and email.lower() in removed_emails
+            }
         link.outlook_attendees = sorted(attendees & (shared | set(self.emails_of(added))))
-        return wanted, f.participant_ops(activity, wanted)
+        return (current - removed) | added
 
     def restore_raynet(self, link: EventLink, pair: Pair, action: Action, *, gone_reason: Gone | None = None) -> None:
         """Gone in Raynet but edited in Outlook: the edit wins and the activity comes back."""
@@ -396,7 +476,16 @@ class Applier:
         self.log.record("restored", Reason.RESTORED_IN_RAYNET, {"gone": gone.value}, direction=TO_RAYNET, link=link)
 
     # --- Raynet → Outlook -------------------------------------------------------------------------
-    def export_raynet_activity(self, activity: dict) -> None:
+    def export_raynet_activity(self, activity: dict, prepared: EventLink | None = None) -> None:
+        link = prepared
+        if link is None:
+            link = self.export_link(activity)
+            link.save()  # the intent, before the external write
+        self.links.append(link)
+        self.create_in_outlook(link, activity)
+
+    def export_link(self, activity: dict) -> EventLink:
+        """The link of a Raynet activity about to be created in Outlook, with the create's intent (unsaved)."""
         link = EventLink(
             organization_id=self.mapping.organization_id,
             mapping=self.mapping,
@@ -406,9 +495,7 @@ class Applier:
         )
         self.store_raynet_state(link, activity)
         link.intent = {"op": Kind.CREATE_IN_OUTLOOK.value, "at": timezone.now().isoformat()}
-        link.save()  # the intent, before the external write
-        self.links.append(link)
-        self.create_in_outlook(link, activity)
+        return link
 
     def create_in_outlook(self, link: EventLink, activity: dict, *, restored: bool = False) -> None:
         body = f.outlook_fields_from_raynet(activity, zone=self.zone, keep_all_day=False, time_only=False)
@@ -432,11 +519,14 @@ class Applier:
             self.log.record("created", Reason.CREATED_IN_OUTLOOK, {"title": title}, direction=TO_OUTLOOK, link=link)
 
     def push_to_outlook(self, link: EventLink, activity: dict, event: dict | None, action: Action | None) -> None:
-        event = event or self.outlook.get_event(self.mapping.outlook_user_id, link.outlook_event_id)
+        user_id = self.mapping.outlook_user_id
+        as_synced = event is None and self.outlook_as_synced(link) is not None
+        event = event or self.outlook_as_synced(link) or self.outlook.get_event(user_id, link.outlook_event_id)
+        if event is not None and as_synced and set(self.attendee_emails_for(activity)) != set(link.outlook_attendees):
+            # Rewriting the attendees takes them as Outlook has them (names, types, rooms): read the event.
+            event, as_synced = self.outlook.get_event(user_id, link.outlook_event_id), False
         if event is None:
-            pair = Pair(link=link, activity=activity, outlook_gone=Gone.DELETED_IN_OUTLOOK)
-            restore = Action(Kind.RESTORE_IN_OUTLOOK, pair, TO_OUTLOOK, gone=Gone.DELETED_IN_OUTLOOK)
-            return self.restore_outlook(link, activity, restore)
+            return self.restore_outlook_gone(link, activity)
         time_only = is_time_blocker(event, link, self.policy)
         patch = f.outlook_fields_from_raynet(
             activity, zone=self.zone, keep_all_day=bool(event.get("isAllDay")), time_only=time_only
@@ -449,11 +539,22 @@ class Applier:
             outlook_hash=outlook_hash({**event, **patch}, link, self.policy),
             raynet_hash=raynet_hash(activity),
         )
-        updated = self.outlook.update_event(self.mapping.outlook_user_id, link.outlook_event_id, patch)
+        try:
+            updated = self.outlook.update_event(user_id, link.outlook_event_id, patch)
+        except ProviderError as error:
+            if error.kind != ErrorKind.NOT_FOUND or not as_synced:
+                raise
+            return self.restore_outlook_gone(link, activity)  # deleted since the last delta
         self.store_outlook_state(link, updated)
         self.store_raynet_state(link, activity)
         self.done(link)
         self.log_update(link, action, TO_OUTLOOK)
+
+    def restore_outlook_gone(self, link: EventLink, activity: dict) -> None:
+        pair = Pair(link=link, activity=activity, outlook_gone=Gone.DELETED_IN_OUTLOOK)
+        self.restore_outlook(
+            link, activity, Action(Kind.RESTORE_IN_OUTLOOK, pair, TO_OUTLOOK, gone=Gone.DELETED_IN_OUTLOOK)
+        )
 
     def log_update(self, link: EventLink, action: Action | None, direction: str) -> None:
         reason = action.reason if action is not None else None
@@ -500,16 +601,28 @@ class Applier:
         self.log.record(done, action.reason, action.params, direction=TO_RAYNET, link=link)
 
     def delete_in_outlook(self, link: EventLink, event: dict | None, action: Action) -> None:
+        """Attendees get Outlook's cancellation notice (SPEC 5): a meeting with attendees the mailbox organizes
+        is cancelled, anything else deleted. Without the event in hand (the Raynet side changed, not Outlook's),
+        the link tells: we made the event (so the mailbox organizes it) and invited link.outlook_attendees.
+        Deleting a meeting on the organizer's calendar sends the cancellations too (graph reference §2), so
+        an Outlook-made meeting loses no notice, only the comment."""
         user_id = self.mapping.outlook_user_id
-        event = event or self.outlook.get_event(user_id, link.outlook_event_id)
-        if event is not None and event.get("isOrganizer") and event.get("attendees"):
-            # Attendees get Outlook's cancellation notice (SPEC 5).
-            self.outlook.cancel_event(user_id, link.outlook_event_id, "Cancelled in Raynet CRM.")
-            done, reason = "cancelled", Reason.CANCELLED_OTHER_SIDE
+        if event is not None:
+            organized_meeting = bool(event.get("isOrganizer") and event.get("attendees"))
         else:
-            if event is not None:
+            organized_meeting = link.origin == EventLink.Origin.RAYNET and bool(link.outlook_attendees)
+        try:
+            if organized_meeting:
+                self.outlook.cancel_event(user_id, link.outlook_event_id, "Cancelled in Raynet CRM.")
+            else:
                 self.outlook.delete_event(user_id, link.outlook_event_id)
-            done, reason = "deleted", Reason.DELETED_OTHER_SIDE
+        except ProviderError as error:
+            if error.kind != ErrorKind.NOT_FOUND:
+                raise
+            organized_meeting = False  # gone already: nothing to cancel
+        done, reason = (
+            ("cancelled", Reason.CANCELLED_OTHER_SIDE) if organized_meeting else ("deleted", Reason.DELETED_OTHER_SIDE)
+        )
         link.mark_deleted()
         self.done(link)
         self.log.record(done, reason, action.params, direction=TO_OUTLOOK, link=link)
@@ -523,12 +636,57 @@ class Applier:
         link.ical_uid = event.get("iCalUId") or link.ical_uid
         link.series_master_id = event.get("seriesMasterId") or link.series_master_id
         link.starts_at, link.ends_at = start, end
+        link.baseline = {
+            **link.baseline,
+            "all_day": bool(event.get("isAllDay")),
+            "private": f.outlook_is_private(event),
+            "attendees": f.outlook_attendee_emails(event),
+        }
 
     def store_raynet_state(self, link: EventLink, activity: dict) -> None:
         link.raynet_hash = raynet_hash(activity)
         link.raynet_updated_at = activity.get("rowInfo.updatedAt") or link.raynet_updated_at
         if link.starts_at is None:
             link.starts_at, link.ends_at = f.raynet_times(activity)
+        link.baseline = {
+            **link.baseline,
+            "status": activity.get("status") or "",
+            "participants": f.raynet_participant_ids(activity),
+            "owner": f.raynet_owner_id(activity),
+        }
+
+    # --- the other side as last synced, instead of reading it before a write ------------------------
+    @staticmethod
+    def raynet_as_synced(link: EventLink) -> dict | None:
+        """The Raynet record as the link last synced it, for the parts a write from Outlook leaves alone.
+
+        When the record changed since, the change listing brought it (the pair's activity), so this is
+        used only when it did not. It has no participant row ids: removing a participant reads the detail.
+        """
+        if "status" not in link.baseline:
+            return None
+        return {
+            "_entity": link.raynet_type,
+            "id": link.raynet_id,
+            "owner": {"id": link.baseline.get("owner")},
+            "status": link.baseline["status"],
+            "participants": [{"person": pid} for pid in link.baseline.get("participants") or []],
+        }
+
+    @staticmethod
+    def outlook_as_synced(link: EventLink) -> dict | None:
+        """The Outlook event as the link last synced it, for the parts a PATCH from Raynet leaves alone
+        (the delta brought it when it changed since). Attendees are addresses only: rewriting them reads
+        the event (their names, types and rooms)."""
+        if "all_day" not in link.baseline:
+            return None
+        return {
+            "id": link.outlook_event_id,
+            "isAllDay": link.baseline["all_day"],
+            "isCancelled": False,
+            "sensitivity": "private" if link.baseline.get("private") else "normal",
+            "attendees": [{"emailAddress": {"address": email}} for email in link.baseline.get("attendees") or []],
+        }
 
     # --- people -----------------------------------------------------------------------------------
     def persons_for(self, emails: list[str]) -> set[int]:

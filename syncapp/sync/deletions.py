@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from syncapp.models import EventLink, RaynetConnection
+from syncapp.models import EventLink, RaynetConnection, UserMapping
 from syncapp.providers.raynet import ENTITIES, RaynetClient
 
 
@@ -36,6 +38,34 @@ class IdScan:
 
     read_at: datetime
     types: dict[str, TypeScan] = field(default_factory=dict)
+    _missing: dict[int, set[int]] | None = None  # mapping id → link ids, for the whole organization
+
+    def missing_links(self, mapping: UserMapping, window: tuple[datetime, datetime]) -> set[int]:
+        """The mapping's links in the window whose record the listing should have shown but did not.
+
+        One query for the organization's mailboxes together, the first time a mailbox asks (the scan is
+        the organization's): each mailbox then loads only these, not all its links (misses decides).
+        """
+        if self._missing is None:
+            self._missing = {}
+            start, end = window
+            missed = Q()
+            for entity, scan in self.types.items():
+                covered = Q()
+                for low, high in scan.ranges:
+                    covered |= Q(raynet_id__gt=low) & (Q() if high is None else Q(raynet_id__lte=high))
+                if covered:
+                    missed |= Q(raynet_type=entity) & covered & ~Q(raynet_id__in=any_of(scan.ids))
+            if missed:
+                rows = (
+                    EventLink.objects.filter(missed, organization_id=mapping.organization_id, created__lt=self.read_at)
+                    .filter(state=EventLink.State.ACTIVE, held_gone="")
+                    .filter(Q(ends_at=None) | (Q(ends_at__gte=start) & (Q(starts_at=None) | Q(starts_at__lte=end))))
+                    .values_list("mapping_id", "pk")
+                )
+                for mapping_id, pk in rows:
+                    self._missing.setdefault(mapping_id, set()).add(pk)
+        return self._missing.get(mapping.pk, set())
 
     def misses(self, link: EventLink) -> bool:
         """Whether the listing should have shown the link's record but did not (a deletion, or it moved)."""
@@ -46,6 +76,11 @@ class IdScan:
         if scan is None or record_id is None or linked_at >= self.read_at:
             return False  # a link made after the listing may point at a record made after it too
         return scan.covers(record_id) and record_id not in scan.ids
+
+
+def any_of(ids: set[int]) -> RawSQL:
+    """The ids as one array parameter, not a thousand placeholders to build and parse."""
+    return RawSQL("SELECT unnest(%s::integer[])", [sorted(ids)])
 
 
 def reported_deleted(*, records: list[tuple[str, int]], read_at: datetime | None = None) -> IdScan:

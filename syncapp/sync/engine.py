@@ -18,13 +18,14 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from syncapp.models import EffectivePolicy, EventLink, UserMapping
 from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem, unreadable
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import RaynetClient
-from syncapp.sync.apply import Applier
+from syncapp.sync.apply import BATCH_SIZE, Applier
 from syncapp.sync.deletions import IdScan
 from syncapp.sync.observe import Observation, Observer, RaynetDirectory
 from syncapp.sync.plan import (
@@ -111,7 +112,10 @@ class MappingSync:
 
     def __post_init__(self) -> None:
         self.raynet_spent_before = 0
-        links = list(EventLink.objects.filter(mapping=self.mapping))
+        # What the run needs before it reads: interrupted creates and held deletions. The rest is loaded by
+        # the observer, all of it for a whole-window read, else only what the changes touch (load_links).
+        unfinished = Q(outlook_event_id=None) | Q(raynet_id=None) | ~Q(held_gone="")
+        links = list(EventLink.objects.filter(unfinished, mapping=self.mapping, state=ACTIVE))
         self.applier = Applier(
             mapping=self.mapping,
             policy=self.policy,
@@ -205,7 +209,7 @@ class MappingSync:
             return actions
         too_many = too_many_deletions(
             len(deletions),
-            sum(1 for link in self.applier.links if link.state == ACTIVE),
+            self.active_links(),
             min_count=settings.MASS_DELETE_MIN_COUNT,
             min_percent=settings.MASS_DELETE_MIN_PERCENT,
         )
@@ -223,13 +227,28 @@ class MappingSync:
         outcome.used_approval = approved
         return actions
 
+    def active_links(self) -> int:
+        """How many links the mailbox has (not only those this run loaded)."""
+        return EventLink.objects.filter(mapping=self.mapping, state=ACTIVE).count()
+
     def flag(self, outcome: Outcome, held: int) -> dict:
-        params = {"count": held, "active": sum(1 for link in self.applier.links if link.state == ACTIVE)}
+        params = {"count": held, "active": self.active_links()}
         outcome.flag_reason = render_reason_en(Reason.HELD_MASS_DELETE, params)
         return params
 
     def apply_all(self, actions: list[Action], outcome: Outcome) -> None:
-        for action in actions:
+        try:
+            self.apply_each(actions, outcome)
+        finally:
+            self.applier.discard_prepared()
+
+    def apply_each(self, actions: list[Action], outcome: Outcome) -> None:
+        for number, action in enumerate(actions):
+            if number % BATCH_SIZE == 0:
+                batch = actions[number : number + BATCH_SIZE]
+                if self.allowance_spent():
+                    batch = [a for a in batch if a.kind != Kind.CREATE_IN_RAYNET]
+                self.applier.prepare_creates(batch)
             if action.kind == Kind.NOTHING:
                 continue
             if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -278,7 +297,7 @@ class MappingSync:
             except Exception as error:
                 result.actions.append(planned(pair_unreadable(pair, error)))
         deletions = sum(1 for action in actions if action.kind in DELETIONS)
-        active = sum(1 for link in self.applier.links if link.state == ACTIVE)
+        active = self.active_links()
         limits = {"min_count": settings.MASS_DELETE_MIN_COUNT, "min_percent": settings.MASS_DELETE_MIN_PERCENT}
         if too_many_deletions(deletions, active, **limits) and not self.mapping.mass_delete_approved:
             result.held_deletions = deletions

@@ -228,17 +228,29 @@ def raynet_fields_from_outlook(event: dict, *, zone: ZoneInfo, time_blocker: boo
 
 
 def participant_ops(activity: dict | None, wanted_person_ids: set[int]) -> list[dict]:
-    """Raynet participant operations: no id = add, negative id = remove (the owner is never touched)."""
+    """Raynet participant operations: no id = add, negative id = remove (the owner is never touched).
+
+    A participant without its row id (list rows, the link's baseline) is there all the same: never added
+    twice. Removing one takes the row id (the detail has it; the caller reads it when a removal is due).
+    """
     owner_id = raynet_owner_id(activity) if activity else None
-    current: dict[int, int] = {}
+    present: set[int] = set()
+    row_ids: dict[int, int] = {}
     for participant in (activity or {}).get("participants") or []:
         person = participant.get("person")
         person = person.get("id") if isinstance(person, dict) else person
-        if person and person != owner_id and participant.get("id"):
-            current[person] = participant["id"]
-    ops = [{"id": -current[pid]} for pid in sorted(set(current) - wanted_person_ids)]
-    ops += [{"person": pid} for pid in sorted(wanted_person_ids - set(current) - {owner_id})]
+        if person and person != owner_id:
+            present.add(person)
+            if participant.get("id"):
+                row_ids[person] = participant["id"]
+    ops = [{"id": -row_ids[pid]} for pid in sorted(present - wanted_person_ids) if pid in row_ids]
+    ops += [{"person": pid} for pid in sorted(wanted_person_ids - present - {owner_id})]
     return ops
+
+
+def has_row_ids(activity: dict) -> bool:
+    """Whether each participant comes with its row id (the detail), which removing one needs."""
+    return all("id" in participant for participant in activity.get("participants") or [])
 
 
 def raynet_after_write(activity: dict | None, fields: dict, *, owner_id: int, wanted_person_ids: set[int]) -> dict:

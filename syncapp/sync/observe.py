@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.db.models import Q
+
 from syncapp.models import EffectivePolicy, EventLink, Organization, UserMapping
 from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem, unreadable
 from syncapp.providers.outlook import DeltaResult, OutlookClient
@@ -90,15 +92,19 @@ class Observer:
     approved: bool = False  # an admin approved the deletions the mass-delete guard holds back
 
     def __post_init__(self) -> None:
-        self.links_by_outlook = {link.outlook_event_id: link for link in self.links if link.outlook_event_id}
-        self.links_by_raynet = {(link.raynet_type, link.raynet_id): link for link in self.links if link.raynet_id}
+        self.index_links()
         self.bad: list[UnreadableItem] = []
         self.relinked: list[EventLink] = []
+
+    def index_links(self) -> None:
+        self.links_by_outlook = {link.outlook_event_id: link for link in self.links if link.outlook_event_id}
+        self.links_by_raynet = {(link.raynet_type, link.raynet_id): link for link in self.links if link.raynet_id}
 
     def observe(self, *, full: bool, raynet_changes: list | None, id_scan: IdScan | None) -> Observation:
         delta = self.read_outlook(full=full)
         self.bad.extend(delta.unreadable)
         activities = self.readable(raynet_changes if raynet_changes is not None else self.read_raynet_window())
+        self.load_links(delta, activities, whole=delta.full or raynet_changes is None, id_scan=id_scan)
         pairs = self.build_pairs(delta, activities)
         if delta.full:
             self.find_missing_outlook(pairs, seen={*(e["id"] for e in delta.events), *delta.removed_ids})
@@ -140,6 +146,31 @@ class Observer:
             ]
         except ProviderError as error:
             raise SideFailed("raynet", error) from error
+
+    def load_links(self, delta: DeltaResult, activities: list[dict], *, whole: bool, id_scan: IdScan | None) -> None:
+        """The links this read needs, in one query: every one after a whole-window read, else only those the
+        changes touch and those the id listing missed (an idle poll loads none). `self.links` holds the
+        ones loaded already (pending creates, held deletions: the same objects, never loaded twice)."""
+        if whole:
+            query = Q()
+        else:
+            series = {event["seriesMasterId"] for event in delta.events if event.get("seriesMasterId")}
+            touched = [
+                Q(outlook_event_id__in=[event["id"] for event in delta.events] + list(delta.removed_ids)),
+                Q(series_master_id__in=series),
+                Q(raynet_id__in={activity["id"] for activity in activities}),
+            ]
+            if id_scan is not None:
+                touched.append(Q(pk__in=id_scan.missing_links(self.mapping, self.window)))
+            query = Q()
+            for condition in touched:
+                if any(values for _, values in condition.children):
+                    query |= condition
+            if not query:
+                return
+        known = [link.pk for link in self.links]
+        self.links.extend(EventLink.objects.filter(query, mapping=self.mapping).exclude(pk__in=known))
+        self.index_links()
 
     def readable(self, rows: list) -> list[dict]:
         activities = []

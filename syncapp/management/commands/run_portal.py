@@ -16,7 +16,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from syncapp.sandbox.tls import wait_until_answering
+from syncapp.sandbox.tls import demo_certificates, wait_until_answering
 
 # Every child gets SIGTERM together; what is still running after this many seconds is killed.
 STOP_GRACE_SECONDS = 8
@@ -34,6 +34,8 @@ class Command(BaseCommand):
         manage = [sys.executable, sys.argv[0]]
         commands = [[*manage, "runserver", addrport, *(["--noreload"] if noreload else [])], [*manage, "qcluster"]]
         if settings.DEMO:
+            # Made before any child starts: every child's sessions verify with the bundle from their first request.
+            demo_certificates(settings.DEMO_TLS_DIR)
             commands.append([*manage, "serve_tls"])
         # Each child leads its own process group: Ctrl-C reaches only this process, which stops them in order.
         children = [subprocess.Popen(command, start_new_session=True) for command in commands]
