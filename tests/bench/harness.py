@@ -171,11 +171,14 @@ def bench_org(users: int, *, name: str = "Bench s.r.o.") -> Iterator[BenchOrg]:
 
 
 def forgetful(rsps, callback: Callable) -> Callable:
-    """The mock keeps every request and response it served (`rsps.calls`), bodies included: hundreds of
-    MB in a 20,000-event run that are no part of the product's memory. It keeps the last one only."""
+    """The mock keeps every request and response it served (`rsps.calls`, and each registered response's
+    own `calls` too), bodies included: hundreds of MB in a 20,000-event run that are no part of the
+    product's memory. It keeps the last one only."""
 
     def call(request):
         rsps.calls.reset()
+        for registered in rsps.registered():
+            registered.calls.reset()
         return callback(request)
 
     return call
