@@ -23,6 +23,8 @@ BENCH_DB_ENV = "BENCH_DATABASE_NAME"
 
 def setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    # The latency section serves the sandboxes over HTTPS, as the demo does; without DEMO they are off.
+    os.environ.setdefault("SANDBOX_ENABLED", "True")
     django.setup()
     from django.conf import settings
     from django.db import connections
