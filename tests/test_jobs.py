@@ -19,6 +19,7 @@ from django_q.tasks import async_task
 from syncapp import jobs
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncRun, UserMapping
 from syncapp.sync import service
+from syncapp.sync.reasons import Gone
 from syncapp.tasks import sync_mapping_task, sync_organization_task
 from tests.sync_fixtures import run_queued, soon
 
@@ -289,6 +290,25 @@ def test_an_idle_poll_costs_four_raynet_requests_one_graph_request_and_few_state
         ours = [q for q in captured.captured_queries if "django_q_ormq" not in q["sql"] and "SAVEPOINT" not in q["sql"]]
         statements.append(len(ours) / 2)
     assert statements[0] == statements[1] <= 15, statements
+
+
+def test_the_poll_asks_a_mailbox_to_check_a_vanished_record_but_not_a_deletion_held_for_the_admin(world, queued):
+    world.sync()
+    first, second = (
+        world.raynet.ui_create_activity("meeting", world.alice.person_id, title, soon(day), soon(day, 11))
+        for day, title in ((2, "Kickoff"), (3, "Review"))
+    )
+    world.sync()
+    links = {link.raynet_id: link for link in world.alice.mapping.links.filter(raynet_id__in=[first, second])}
+    for record_id in (first, second):
+        world.raynet.ui_delete_activity("meeting", record_id)
+    links[second].held_gone = Gone.DELETED_IN_RAYNET  # the mass-delete guard holds this one until an admin decides
+    links[second].save(update_fields=["held_gone"])
+
+    polled(world)
+
+    checks = UserMapping.objects.get(pk=world.alice.mapping.pk).sync_request_checks
+    assert checks == [["meeting", first]]  # the held one costs nothing per poll
 
 
 def test_a_share_lost_in_a_crash_is_listed_again_by_the_next_poll(world, queued, monkeypatch):

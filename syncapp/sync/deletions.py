@@ -38,13 +38,21 @@ class IdScan:
 
     read_at: datetime
     types: dict[str, TypeScan] = field(default_factory=dict)
-    _missing: dict[int, set[int]] | None = None  # mapping id → link ids, for the whole organization
+    _missing: dict[int, list[tuple[int, str, int]]] | None = None  # see missed_by_mapping
 
     def missing_links(self, mapping: UserMapping, window: tuple[datetime, datetime]) -> set[int]:
-        """The mapping's links in the window whose record the listing should have shown but did not.
+        """The mapping's links in the window whose record the listing should have shown but did not."""
+        missed = self.missed_by_mapping(organization_id=mapping.organization_id, window=window)
+        return {pk for pk, _entity, _record_id in missed.get(mapping.pk, [])}
 
-        One query for the organization's mailboxes together, the first time a mailbox asks (the scan is
-        the organization's): each mailbox then loads only these, not all its links (misses decides).
+    def missed_by_mapping(
+        self, *, organization_id: int, window: tuple[datetime, datetime]
+    ) -> dict[int, list[tuple[int, str, int]]]:
+        """Mapping id → (link id, type, record id) of the links the listing should have shown but did not.
+
+        One query for the organization's mailboxes together, the first time it is asked (the scan is the
+        organization's): each mailbox then loads only these, not all its links (misses decides). Held
+        deletions (held_gone) are not asked again: they wait for the admin, and cost nothing per poll.
         """
         if self._missing is None:
             self._missing = {}
@@ -58,14 +66,14 @@ class IdScan:
                     missed |= Q(raynet_type=entity) & covered & ~Q(raynet_id__in=any_of(scan.ids))
             if missed:
                 rows = (
-                    EventLink.objects.filter(missed, organization_id=mapping.organization_id, created__lt=self.read_at)
+                    EventLink.objects.filter(missed, organization_id=organization_id, created__lt=self.read_at)
                     .filter(state=EventLink.State.ACTIVE, held_gone="")
                     .filter(Q(ends_at=None) | (Q(ends_at__gte=start) & (Q(starts_at=None) | Q(starts_at__lte=end))))
-                    .values_list("mapping_id", "pk")
+                    .values_list("mapping_id", "pk", "raynet_type", "raynet_id")
                 )
-                for mapping_id, pk in rows:
-                    self._missing.setdefault(mapping_id, set()).add(pk)
-        return self._missing.get(mapping.pk, set())
+                for mapping_id, pk, entity, record_id in rows:
+                    self._missing.setdefault(mapping_id, []).append((pk, entity, record_id))
+        return self._missing
 
     def misses(self, link: EventLink) -> bool:
         """Whether the listing should have shown the link's record but did not (a deletion, or it moved)."""

@@ -16,10 +16,9 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from syncapp.models import ConnectionOutcome, ConnectionStatus, EventLink, Organization, SyncRun, UserMapping
+from syncapp.models import ConnectionOutcome, ConnectionStatus, Organization, SyncRun, UserMapping
 from syncapp.providers.base import ErrorKind, ProviderError, UnreadableItem
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import DATETIME_KEYS, ENTITIES, RaynetClient
@@ -125,19 +124,14 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
 def listing_shares(*, organization: Organization, listing: RaynetListing) -> dict[int, dict]:
     """Each incremental mapping's share of the listing, as JSON that its task reads in another process: the
     rows routed to it and the linked records in the window the id scan should have shown but did not (the
-    run looks each up; 404 = deleted). One query for the organization's links, none per mailbox."""
+    run looks each up; 404 = deleted). One query for the organization's missed links, none per mailbox."""
     suspects: dict[int, list[list]] = {}
     if listing.id_scan is not None:
-        start, end = listing.incremental[0].effective_policy(organization.policy).window()
-        in_window = Q(ends_at__isnull=True) | (
-            Q(ends_at__gte=start) & (Q(starts_at__isnull=True) | Q(starts_at__lte=end))
-        )
-        links = EventLink.objects.filter(
-            in_window, mapping__in=listing.incremental, state=EventLink.State.ACTIVE, raynet_id__isnull=False
-        ).values_list("mapping_id", "raynet_type", "raynet_id", "created")
-        for mapping_id, entity, record_id, linked_at in links:
-            if listing.id_scan.missing(entity, record_id, linked_at):
-                suspects.setdefault(mapping_id, []).append([entity, record_id])
+        window = listing.incremental[0].effective_policy(organization.policy).window()
+        missed = listing.id_scan.missed_by_mapping(organization_id=organization.pk, window=window)
+        suspects = {
+            mapping_id: [[entity, record_id] for _pk, entity, record_id in rows] for mapping_id, rows in missed.items()
+        }
     return {
         mapping.pk: {
             "read_at": listing.read_at.isoformat(),
