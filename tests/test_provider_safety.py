@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from cryptography.fernet import Fernet
 from django import db
 
 from syncapp.models import ConnectionStatus, Organization, RaynetConnection, SyncLogEntry, SyncRun
+from syncapp.providers import base
 from syncapp.providers.base import ErrorKind, ProviderError, concurrency_slot, scrub_secrets
 from syncapp.providers.outlook import OutlookClient
 from syncapp.providers.raynet import MAX_CONNECTIONS, RaynetClient
@@ -370,3 +372,57 @@ def test_waiting_for_a_free_connection_slot_ends_at_the_deadline(raynet, raynet_
 
     assert caught.value.kind == ErrorKind.RATE_LIMITED and not caught.value.maybe_applied
     assert raynet_sandbox.count() == 0 and retry_waits == []
+
+
+@pytest.fixture
+def slot_timeline(monkeypatch, world) -> list[tuple[str, str, int]]:
+    """(taken / given back, the API's slot namespace, Raynet requests so far) for every concurrency slot."""
+    timeline = []
+    real_slot = base.concurrency_slot
+
+    @contextmanager
+    def recorded(namespace, key, limit, **kwargs):
+        with real_slot(namespace, key, limit, **kwargs) as slot:
+            timeline.append(("taken", namespace, world.raynet.count()))
+            try:
+                yield slot
+            finally:
+                timeline.append(("given back", namespace, world.raynet.count()))
+
+    monkeypatch.setattr(base, "concurrency_slot", recorded)
+    return timeline
+
+
+def test_an_idle_cycle_takes_the_raynet_slot_once_for_the_listing_and_no_mailbox_takes_it(world, slot_timeline):
+    world.sync()
+    world.sync()  # the echoes of the first sync settle
+    world.raynet.reset_calls()
+    slot_timeline.clear()
+
+    world.sync()
+
+    assert world.raynet.count() == 2  # the organization's id scan (nothing changed); the mailboxes ask nothing
+    assert [event for event in slot_timeline if event[1] == "raynet"] == [
+        ("taken", "raynet", 0),
+        ("given back", "raynet", 2),
+    ]
+    assert [event[0] for event in slot_timeline if event[1] == "graph"] == ["taken", "given back"] * 2
+
+
+def test_a_run_that_writes_to_raynet_holds_the_raynet_slot_from_its_first_request_to_its_end(world, slot_timeline):
+    world.sync()
+    world.sync()
+    world.outlook.person_create_event(world.bob.mailbox_id, "Gym", soon(1, 18), soon(1, 19))
+    world.raynet.reset_calls()
+    slot_timeline.clear()
+
+    world.sync()
+
+    requests = world.raynet.count()
+    assert world.raynet.count("POST") + world.raynet.count("PUT") >= 1  # Bob's run wrote the event to Raynet
+    assert [event for event in slot_timeline if event[1] == "raynet"] == [
+        ("taken", "raynet", 0),
+        ("given back", "raynet", 2),  # the id scan (Raynet holds nothing in the window: no change listing)
+        ("taken", "raynet", 2),
+        ("given back", "raynet", requests),  # Bob's run: once, for all of its requests
+    ]

@@ -536,3 +536,44 @@ def test_the_sync_command_shows_why_a_run_failed(world):
     line, reason = output.splitlines()
     assert line.startswith("Acme s.r.o. / alice@acme.test ⇄ alice@acme.test: Failed")
     assert reason.strip().startswith("Outlook: Microsoft refused the portal access to mailbox")
+
+
+def test_a_mailbox_switched_off_while_its_organization_cycle_runs_is_not_synced(world, monkeypatch):
+    from syncapp.sync import service
+
+    world.sync()
+    world.raynet.reset_calls()
+    real_listing = service.organization_listing
+
+    def listing_then_admin_switches_bob_off(**kwargs):
+        listing = real_listing(**kwargs)
+        UserMapping.objects.filter(pk=world.bob.mapping.pk).update(enabled=False)
+        return listing
+
+    monkeypatch.setattr(service, "organization_listing", listing_then_admin_switches_bob_off)
+    world.outlook.person_create_event(world.bob.mailbox_id, "Gym", soon(1, 18), soon(1, 19))
+
+    runs = run_org(world)
+
+    # Each run reads its own row again under the mailbox lock: Bob's sees the switch made after the cycle began.
+    assert runs[world.alice.mapping.pk].status == SyncRun.Status.OK
+    assert runs[world.bob.mapping.pk].status == SyncRun.Status.SKIPPED
+    assert runs[world.bob.mapping.pk].error == "Sync is switched off for this user."
+    assert world.raynet.count("POST") == 0
+
+
+def test_a_connection_an_admin_stopped_between_two_cycles_stops_the_next_cycle(world):
+    from syncapp.models import RaynetConnection
+
+    world.sync()
+    world.raynet.reset_calls()
+    RaynetConnection.objects.filter(organization=world.org).update(
+        status=ConnectionStatus.DISABLED, last_error="Stopped by the admin."
+    )
+
+    runs = run_org(world)
+
+    # The cycle reads the organization's connections once, when it starts, not from an earlier cycle's objects.
+    assert {run.status for run in runs.values()} == {SyncRun.Status.SKIPPED}
+    assert all(run.error.endswith("Stopped by the admin.") for run in runs.values())
+    assert world.raynet.count() == 0

@@ -35,6 +35,7 @@ SUCCESS_RECORD_INTERVAL = timedelta(minutes=10)
 MAPPING_WITH_CONNECTIONS = UserMapping.objects.select_related(
     "organization__policy", "organization__raynet", "organization__microsoft"
 )
+ORGANIZATION_WITH_CONNECTIONS = Organization.objects.select_related("policy", "raynet", "microsoft")
 
 
 def make_clients(organization: Organization) -> tuple[RaynetClient, OutlookClient]:
@@ -51,9 +52,16 @@ class RaynetListing:
     changes: dict[int | None, list]
     id_scan: IdScan | None
 
+    def __post_init__(self) -> None:
+        # Asked once per mailbox: a set, not a walk through the list (that was O(mailboxes²) a cycle).
+        self.incremental_ids = {mapping.pk for mapping in self.incremental}
+
+    def takes_changes(self, mapping: UserMapping) -> bool:
+        return mapping.pk in self.incremental_ids
+
     def changes_for(self, mapping: UserMapping) -> list | None:
         """The mapping's rows (a row without an owner goes to the first), or None: it reads its window."""
-        if mapping not in self.incremental:
+        if not self.takes_changes(mapping):
             return None
         unrouted = self.changes.get(None, []) if mapping is self.incremental[0] else []
         return self.changes.get(mapping.raynet_person_id, []) + unrouted
@@ -66,10 +74,17 @@ def organization_listing(
     a malformed answer must not stop every mailbox silently; each records why and waits for the next run)."""
     read_at = timezone.now()
     incremental = [m for m in mappings if not full and not needs_window_read(m)]
+    since = min((m.raynet_cursor for m in incremental), default=None)
     try:
-        changes = fetch_raynet_changes(raynet, since=min((m.raynet_cursor for m in incremental), default=None))
         window = mappings[0].effective_policy(organization.policy).window()
-        id_scan = scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
+        # The listings and the id scan share one concurrency slot (two advisory-lock statements, not two each).
+        with raynet.session.burst():
+            id_scan = (
+                scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
+            )
+            # The id scan first: a type whose whole window it read with nothing changed needs no change listing.
+            unchanged = id_scan.unchanged_types(since) if id_scan else set()
+            changes = fetch_raynet_changes(raynet, since=since, entities=[e for e in ENTITIES if e not in unchanged])
     except ProviderError:
         raise
     except Exception as exc:
@@ -88,6 +103,9 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
 
     The worker does the same in parallel (syncapp/jobs.py organization_fan_out): the listing in one task,
     then one task per mailbox with its share."""
+    # The organization's rows (policy, connections) as they are now, read once for the cycle: each mailbox's
+    # run re-reads only its own row (sync_mapping).
+    organization = ORGANIZATION_WITH_CONNECTIONS.get(pk=organization.pk)
     mappings = list(organization.mappings.filter(enabled=True).order_by("pk"))
     if not mappings or not organization.policy.sync_enabled:
         return []
@@ -111,7 +129,7 @@ def sync_organization(*, organization: Organization, trigger: str, full: bool = 
                     clients=(raynet, outlook),
                     directory=directory,
                     raynet_changes=listing.changes_for(mapping),
-                    id_scan=listing.id_scan if mapping in listing.incremental else None,
+                    id_scan=listing.id_scan if listing.takes_changes(mapping) else None,
                     read_at=listing.read_at,
                 )
             )
@@ -158,16 +176,16 @@ def decoded_row(row: dict) -> dict | UnreadableItem:
 
 
 def fetch_raynet_changes(
-    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None
+    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None, entities=ENTITIES
 ) -> dict[int | None, list]:
-    """Meetings and events changed since `since`, by owner person id (one listing per type).
+    """Meetings and events (of `entities`) changed since `since`, by owner person id (one listing per type).
 
     A row that could not be read has no owner to route it by: it is filed under None.
     """
     by_owner: dict[int | None, list] = {}
     if since is None:
         return by_owner
-    for entity in ENTITIES:
+    for entity in entities:
         for activity in raynet.list_activities(entity, owner_id=owner_id, modified_since=since):
             if isinstance(activity, UnreadableItem):
                 by_owner.setdefault(owner_id, []).append(activity)
@@ -194,8 +212,7 @@ def sync_mapping(
     with nullcontext(True) if lock_held else mailbox_lock(mapping.pk) as locked:
         if not locked:
             return skipped_run(mapping, trigger, "Another sync of this mailbox is running.")
-        # The row as it is now (cursors, health, a stop), with what not_ready_reason reads, in one query.
-        mapping.refresh_from_db(from_queryset=MAPPING_WITH_CONNECTIONS)
+        reread(mapping, in_cycle=clients is not None)
         reason = not_ready_reason(mapping) or waiting_reason(mapping)
         if reason:
             return skipped_run(mapping, trigger, reason)
@@ -232,6 +249,18 @@ def sync_mapping(
         for client in (raynet, outlook):
             note_success(client.connection)
         return log.finish()
+
+
+def reread(mapping: UserMapping, *, in_cycle: bool) -> None:
+    """The row as it is now (cursors, health, a stop), read under the mailbox lock. In an organization cycle
+    the organization's rows (policy, connections) are the cycle's, read once for all its mailboxes and kept
+    up to date by its clients; alone, the run reads them with the row, in one query."""
+    if not in_cycle:
+        mapping.refresh_from_db(from_queryset=MAPPING_WITH_CONNECTIONS)
+        return
+    organization = mapping.organization
+    mapping.refresh_from_db()
+    mapping.organization = organization
 
 
 def record_outcome(
