@@ -583,3 +583,16 @@ def test_naive_dates_cannot_tell_the_repeated_autumn_hour_apart_which_is_why_the
     assert render_datetime(first.isoformat(), PRAGUE, iso=False) == render_datetime(
         second.isoformat(), PRAGUE, iso=False
     )
+
+
+def test_a_listed_row_tells_when_its_record_last_changed_only_when_it_carries_the_update_stamp(client):
+    # view=rowInfo's shape is UNCONFIRMED (reference §4): a row that cannot tell makes the poll list changes.
+    created, updated = "2026-06-10 09:15", "2026-06-12 14:30"
+    assert client.row_changed_at({"rowInfo.createdAt": created, "rowInfo.updatedAt": updated}) == datetime(
+        2026, 6, 12, 12, 30, tzinfo=UTC
+    )  # the API user's zone (Prague, summer)
+    assert client.row_changed_at({"rowInfo.createdAt": created, "rowInfo.updatedAt": None}) == datetime(
+        2026, 6, 10, 7, 15, tzinfo=UTC
+    )
+    assert client.row_changed_at({"rowInfo.createdAt": created}) is None
+    assert client.row_changed_at({"rowInfo.createdAt": created, "rowInfo.updatedAt": "yesterday"}) is None

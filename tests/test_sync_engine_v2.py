@@ -3,7 +3,9 @@ lost replies, the failing side, the run deadline, connection status)."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from urllib.parse import unquote
 
 import pytest
 from django.utils import timezone
@@ -68,6 +70,111 @@ def test_beyond_one_page_the_id_pages_rotate_and_a_deletion_is_still_found(world
     assert world.org.raynet.deletion_scan["meeting"]["pages"] == 2  # four records left: two pages of two
 
 
+def raynet_listings(http_mock) -> list[str]:
+    """Which Raynet listings the calls were: "ids" (view=rowInfo, the deletion scan) or "changes"."""
+    kinds = []
+    for call in http_mock.calls:
+        url = unquote(call.request.url)
+        if "raynet" in url and call.request.method == "GET" and re.search(r"/(meeting|event)/\?", url):
+            kinds.append("ids" if "view=rowInfo" in url else "changes")
+    return kinds
+
+
+def polled_listings(world, http_mock) -> list[str]:
+    http_mock.calls.reset()
+    world.reset_calls()
+    world.sync()
+    return raynet_listings(http_mock)
+
+
+def an_hour_ago(world) -> None:
+    """What is set up next was done an hour ago in Raynet: older than the change listing's overlap."""
+    world.raynet.set_now(timezone.now() - timedelta(hours=1))
+
+
+def now_in_raynet(world) -> None:
+    world.raynet.set_now(timezone.now())
+
+
+def test_an_idle_poll_reads_only_the_id_listing_when_it_shows_nothing_changed(world, http_mock):
+    an_hour_ago(world)
+    world.raynet.ui_create_activity("meeting", world.alice.person_id, "Visit", soon(3, 9), soon(3, 10))
+    world.sync()
+    world.sync()
+
+    assert polled_listings(world, http_mock) == ["ids", "ids"]  # one a type; nothing else from Raynet
+    assert world.raynet.count() == 2
+
+
+def test_a_raynet_edit_the_id_listing_shows_is_listed_and_reaches_outlook_on_the_next_poll(world, http_mock):
+    an_hour_ago(world)
+    meeting_id = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Visit", soon(3, 9), soon(3, 10))
+    world.sync()
+    world.sync()
+    assert polled_listings(world, http_mock) == ["ids", "ids"]
+
+    now_in_raynet(world)
+    world.raynet.ui_edit_activity("meeting", meeting_id, title="Visit, moved")
+
+    assert polled_listings(world, http_mock) == ["ids", "ids", "changes"]  # the meetings' listing only
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Visit, moved"]
+
+
+def test_a_raynet_meeting_moved_into_the_window_from_beyond_it_reaches_outlook(world, http_mock):
+    an_hour_ago(world)
+    later = timezone.now() + timedelta(days=500)
+    meeting_id = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Next year", later, later)
+    world.sync()
+    world.sync()
+    assert polled_listings(world, http_mock) == ["ids", "ids"]
+
+    now_in_raynet(world)
+    world.raynet.ui_edit_activity("meeting", meeting_id, scheduledFrom=soon(4, 9), scheduledTill=soon(4, 10))
+
+    assert "changes" in polled_listings(world, http_mock)
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Next year"]
+
+
+def test_when_the_id_rows_carry_no_update_stamp_every_poll_lists_the_changes(world, http_mock, monkeypatch):
+    # Whether view=rowInfo rows carry rowInfo.updatedAt is UNCONFIRMED (reference §4): without it, as before.
+    real = RaynetSandbox._render_row_info
+
+    def render(sandbox, record, zone, iso):
+        row = real(sandbox, record, zone, iso)
+        del row["rowInfo.updatedAt"]
+        return row
+
+    monkeypatch.setattr(RaynetSandbox, "_render_row_info", render)
+    an_hour_ago(world)
+    meeting_id = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Visit", soon(3, 9), soon(3, 10))
+    world.sync()
+    world.sync()
+
+    # The meetings' rows cannot tell what changed: their listing is made. The window holds no event at all.
+    assert polled_listings(world, http_mock) == ["ids", "ids", "changes"]
+    now_in_raynet(world)
+    world.raynet.ui_edit_activity("meeting", meeting_id, title="Visit, moved")
+    world.sync()
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Visit, moved"]
+
+
+def test_while_the_id_pages_rotate_every_poll_lists_the_changes(world, http_mock, monkeypatch):
+    monkeypatch.setattr("syncapp.providers.raynet.PAGE_SIZE", 2)
+    an_hour_ago(world)
+    ids = [
+        world.raynet.ui_create_activity("meeting", world.alice.person_id, f"M{n}", soon(2, 8 + n), soon(2, 9 + n))
+        for n in range(5)
+    ]
+    world.sync()
+    world.sync()
+
+    assert polled_listings(world, http_mock).count("changes") == 1  # the meetings' pages were not all read
+    now_in_raynet(world)
+    world.raynet.ui_edit_activity("meeting", ids[0], title="M0, moved")
+    world.sync()
+    assert "M0, moved" in [e["subject"] for e in world.outlook_events(world.alice)]
+
+
 # --- 3. one unreadable item never blocks the mailbox --------------------------------------------
 
 
@@ -118,6 +225,7 @@ def test_an_outlook_event_in_a_windows_time_zone_is_skipped_and_the_rest_syncs(w
 
 def test_an_organization_wide_listing_that_fails_unexpectedly_fails_every_run_in_plain_words(world, monkeypatch):
     world.sync()
+    world.raynet.ui_create_activity("meeting", world.alice.person_id, "New", soon(2, 9), soon(2, 10))  # to list
 
     def broken(*args, **kwargs):
         raise RuntimeError("unexpected shape")

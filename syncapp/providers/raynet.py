@@ -266,8 +266,9 @@ class RaynetClient:
 
         `view=rowInfo` returns "only status fields (created, modified, version…)" (reference §4): the
         smallest listing that tells which records still exist, the way §7 (b) suggests finding
-        deletions. Its exact shape is UNCONFIRMED: only `id` and `rowInfo.updatedAt` are relied on, and
-        a row without an int id is left out (the record is then looked up, never taken as deleted).
+        deletions. Its exact shape is UNCONFIRMED: only `id` and the `rowInfo.createdAt` / `updatedAt`
+        stamps are relied on (row_changed_at), and a row without an int id is left out (the record is then
+        looked up, never taken as deleted).
         """
         params = {
             "scheduledTill[GE]": format_datetime(scheduled_from, self.zone),
@@ -286,6 +287,20 @@ class RaynetClient:
         except (TypeError, ValueError):
             total = len(rows)
         return rows, total
+
+    def row_changed_at(self, row: dict) -> datetime | None:
+        """When a listed record was last created or updated (rowInfo.lastModifiedAt, which is only a filter,
+        is "created or updated"), or None when the row cannot tell. Whether `view=rowInfo` rows carry these
+        stamps is UNCONFIRMED (reference §4): a row without the `rowInfo.updatedAt` key, or with a stamp that
+        cannot be read, tells nothing, and the poll then makes the change listing as before. An empty
+        updatedAt (perhaps a record never updated) leaves createdAt."""
+        if "rowInfo.updatedAt" not in row:
+            return None
+        try:
+            stamps = [parse_datetime(row.get(key), self.zone) for key in ("rowInfo.createdAt", "rowInfo.updatedAt")]
+        except ValueError:
+            return None
+        return max((stamp for stamp in stamps if stamp is not None), default=None)
 
     def _listed_activity(self, entity: str, row: Any, *, owner_id: int | None) -> dict | UnreadableItem:
         """A list row as an activity, or as an UnreadableItem when it cannot be parsed: never the whole list."""

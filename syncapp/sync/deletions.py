@@ -6,13 +6,17 @@ the listing covered but did not show is then fetched, and 404 means deleted. Whi
 at most one page per type that is one request per type and poll. Beyond that the pages are read in
 rotation, a few per poll, so that the idle cost stays small and every page is read at least once an
 hour (RAYNET_DELETION_CHECK_SECONDS); the position is kept on the connection row.
+
+The same rows say when each record was created or last updated, so a poll whose listing read a type's
+whole window also knows whether anything of that type changed there: when nothing did, the type's change
+listing is not needed (TypeScan.unchanged_since), and an idle organization costs one request per type.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q
@@ -20,16 +24,51 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from syncapp.models import EventLink, RaynetConnection, UserMapping
-from syncapp.providers.raynet import ENTITIES, RaynetClient
+from syncapp.providers.raynet import ENTITIES, MODIFIED_SINCE_OVERLAP, RaynetClient
+
+# Raynet's rowInfo stamps have minute precision (reference §4): "10:03" may be 10:03:59.
+STAMP_PRECISION = timedelta(minutes=1)
 
 
 @dataclass
 class TypeScan:
     ids: set[int] = field(default_factory=set)
     ranges: list[tuple[int, int | None]] = field(default_factory=list)  # (after, up to and including; None = ∞)
+    last_change: datetime | None = None  # the latest rowInfo.createdAt / updatedAt of the rows read
+    undated: bool = False  # a row said neither: what changed is not known
 
     def covers(self, record_id: int) -> bool:
         return any(record_id > low and (high is None or record_id <= high) for low, high in self.ranges)
+
+    def add_rows(self, rows: list[dict], raynet: RaynetClient) -> None:
+        self.ids.update(row["id"] for row in rows)
+        for row in rows:
+            changed = raynet.row_changed_at(row)
+            if changed is None:
+                self.undated = True
+            elif self.last_change is None or changed > self.last_change:
+                self.last_change = changed
+
+    def read_whole_window(self) -> bool:
+        """Whether the pages read this poll, put together, are every id from the first to the last."""
+        edge = 0
+        for low, high in sorted(self.ranges, key=lambda pair: pair[0]):
+            if low != edge:
+                return False
+            if high is None:
+                return True
+            edge = high
+        return False
+
+    def unchanged_since(self, since: datetime) -> bool:
+        """Nothing of this type in the window was created or updated after `since`: the change listing would
+        find nothing there. A record moved out of the window is not shown, so it is looked up as missing
+        (IdScan.missed_by_mapping), as a deletion is; one moved into it shows with its new stamp. With the
+        listing's own overlap and the stamps' minute precision, so this never says "unchanged" sooner than
+        the listing would."""
+        if not self.read_whole_window() or self.undated:
+            return False
+        return self.last_change is None or self.last_change + STAMP_PRECISION <= since - MODIFIED_SINCE_OVERLAP
 
 
 @dataclass
@@ -74,6 +113,12 @@ class IdScan:
                 for mapping_id, pk, entity, record_id in rows:
                     self._missing.setdefault(mapping_id, []).append((pk, entity, record_id))
         return self._missing
+
+    def unchanged_types(self, since: datetime | None) -> set[str]:
+        """The types whose change listing since `since` this scan makes unnecessary."""
+        if since is None:
+            return set()
+        return {entity for entity, scan in self.types.items() if scan.unchanged_since(since)}
 
     def misses(self, link: EventLink) -> bool:
         """Whether the listing should have shown the link's record but did not (a deletion, or it moved)."""
@@ -124,7 +169,7 @@ def scan_type(raynet: RaynetClient, entity: str, window, state: dict, read_at: d
         )
         read += 1
         pages_in_cycle += 1
-        scan.ids.update(row["id"] for row in rows)
+        scan.add_rows(rows, raynet)
         last_page = left <= len(rows) or not rows
         high = None if last_page else max(row["id"] for row in rows)
         scan.ranges.append((after, high))

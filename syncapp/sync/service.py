@@ -74,14 +74,17 @@ def organization_listing(
     a malformed answer must not stop every mailbox silently; each records why and waits for the next run)."""
     read_at = timezone.now()
     incremental = [m for m in mappings if not full and not needs_window_read(m)]
+    since = min((m.raynet_cursor for m in incremental), default=None)
     try:
+        window = mappings[0].effective_policy(organization.policy).window()
         # The listings and the id scan share one concurrency slot (two advisory-lock statements, not two each).
         with raynet.session.burst():
-            changes = fetch_raynet_changes(raynet, since=min((m.raynet_cursor for m in incremental), default=None))
-            window = mappings[0].effective_policy(organization.policy).window()
             id_scan = (
                 scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
             )
+            # The id scan first: a type whose whole window it read with nothing changed needs no change listing.
+            unchanged = id_scan.unchanged_types(since) if id_scan else set()
+            changes = fetch_raynet_changes(raynet, since=since, entities=[e for e in ENTITIES if e not in unchanged])
     except ProviderError:
         raise
     except Exception as exc:
@@ -173,16 +176,16 @@ def decoded_row(row: dict) -> dict | UnreadableItem:
 
 
 def fetch_raynet_changes(
-    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None
+    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None, entities=ENTITIES
 ) -> dict[int | None, list]:
-    """Meetings and events changed since `since`, by owner person id (one listing per type).
+    """Meetings and events (of `entities`) changed since `since`, by owner person id (one listing per type).
 
     A row that could not be read has no owner to route it by: it is filed under None.
     """
     by_owner: dict[int | None, list] = {}
     if since is None:
         return by_owner
-    for entity in ENTITIES:
+    for entity in entities:
         for activity in raynet.list_activities(entity, owner_id=owner_id, modified_since=since):
             if isinstance(activity, UnreadableItem):
                 by_owner.setdefault(owner_id, []).append(activity)

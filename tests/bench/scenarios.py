@@ -76,13 +76,21 @@ def section_idle() -> list[Row]:
     small = idle_world(50, 20)
     large = idle_world(50, 200)
     graph = max(r["graph"] for r in large)
-    raynet = max(r["raynet"] for r in large)
+    # 50 × 20 links: 500 records of each type, one page of the id scan, which then tells that nothing changed
+    # (no change listing); 50 × 200: 5 pages a type, read in rotation, so the change listings are made too.
+    raynet = (max(r["raynet"] for r in small), max(r["raynet"] for r in large))
     statements = (max(r["statements"] for r in small), max(r["statements"] for r in large))
     cpu = median([r["cpu"] for r in large])
     note = runs_note(large)
     return [
         Row("1 idle", "idle Graph requests per mailbox (50 × 200 links)", f"{graph:g}", "1", graph <= 1),
-        Row("1 idle", "idle Raynet requests per organization", f"{raynet:g}", "≤ 4", raynet <= 4),
+        Row(
+            "1 idle",
+            "idle Raynet requests per organization: window in one id page per type (50 × 20) / in 5 (50 × 200)",
+            f"{raynet[0]:g} / {raynet[1]:g}",
+            "≤ 2 / ≤ 4",
+            raynet[0] <= 2 and raynet[1] <= 4,
+        ),
         Row(
             "1 idle",
             "idle DB statements per mailbox, 20 vs 200 links",
