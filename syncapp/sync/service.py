@@ -95,6 +95,10 @@ def organization_listing(
             kind=ErrorKind.TRANSIENT,
             side="raynet",
         ) from exc
+    if id_scan is not None:
+        # The organization's one query for the links the scan should have shown and did not, made with the
+        # listing (the organization's part of a cycle) rather than inside the first mailbox's run.
+        id_scan.missed_by_mapping(organization_id=organization.pk, window=window)
     return RaynetListing(read_at=read_at, incremental=incremental, changes=changes, id_scan=id_scan)
 
 

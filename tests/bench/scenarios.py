@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from tests.bench.harness import BenchOrg, act_now, add_events, bench_org, day_start, median, p95, settle
+from tests.bench.harness import BenchOrg, act_now, add_events, bench_org, day_start, freeze_setup, median, p95, settle
 
 RAYNET_DAILY_BUDGET = 24_000
 POLLS_PER_DAY = 24 * 60 // 5
@@ -69,6 +69,7 @@ def idle_world(users: int, links: int) -> list[dict]:
         for person in bench.people:
             add_events(bench, person, links)
         settle(bench)
+        freeze_setup()
         return repeated(lambda: idle_cycle(bench))
 
 
@@ -326,6 +327,7 @@ def section_scale(sizes: tuple[int, ...] = (10, 100, 1000), links: int = 2) -> l
         for person in bench.people:
             add_events(bench, person, links)
         settle(bench)
+        freeze_setup()
         everyone = list(bench.people)
         for size in sizes:
             UserMapping.objects.filter(organization=bench.org).update(enabled=False)
