@@ -133,6 +133,8 @@ class Applier:
     zone: ZoneInfo
     directory: RaynetDirectory
     mapped_organizers: frozenset[str]
+    # The links the run loaded (pending creates, held deletions, what the observer reads); those it creates
+    # are not kept here: nothing reads them after their batch, and a first sync makes tens of thousands.
     links: list[EventLink] = field(default_factory=list)
     finished: dict[int, EventLink] = field(default_factory=dict)  # by pk, outcomes not yet written
     prepared: dict[int, EventLink] = field(default_factory=dict)  # by id(action): creates whose intent is stored
@@ -363,7 +365,6 @@ class Applier:
     # --- Outlook → Raynet -------------------------------------------------------------------------
     def import_outlook_event(self, event: dict, owner_id: int, prepared: EventLink | None = None) -> None:
         link = prepared or self.import_link(event, owner_id)
-        self.links.append(link)
         self.create_in_raynet(link, event, owner_id, intent_stored=prepared is not None)
 
     def import_link(self, event: dict, owner_id: int) -> EventLink:
@@ -481,7 +482,6 @@ class Applier:
         if link is None:
             link = self.export_link(activity)
             link.save()  # the intent, before the external write
-        self.links.append(link)
         self.create_in_outlook(link, activity)
 
     def export_link(self, activity: dict) -> EventLink:

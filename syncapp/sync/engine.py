@@ -148,18 +148,7 @@ class MappingSync:
         with self.raynet.session.burst(), self.outlook.session.burst():
             try:
                 self.applier.finish_pending_creates()
-                observation = self.observer().observe(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
-                self.applier.relink(observation.relinked)
-                for item in observation.unreadable:
-                    self.log_unreadable(item)
-                actions = self.plan_all(observation)
-                self.log_later(actions)
-                outcome = Outcome(
-                    released=True, delta_link=observation.delta.delta_link, window_start=self.window[0].date()
-                )
-                actions = self.guard(actions, outcome)
-                if self.first_sync_spent is not None:
-                    actions = nearest_first(actions, timezone.now())
+                actions, outcome = self.decide(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
                 self.apply_all(actions, outcome)
                 if outcome.deferred:
                     params = {"count": outcome.deferred, "cap": self.raynet.connection.first_sync_cap}
@@ -167,6 +156,22 @@ class MappingSync:
             finally:
                 self.applier.flush()  # what the run did is stored before its outcome (or its failure) is
         return outcome
+
+    def decide(
+        self, *, full: bool, raynet_changes: list | None, id_scan: IdScan | None
+    ) -> tuple[list[Action], Outcome]:
+        """Read and plan. The observation is let go on return: the actions hold what each needs of it."""
+        observation = self.observer().observe(full=full, raynet_changes=raynet_changes, id_scan=id_scan)
+        self.applier.relink(observation.relinked)
+        for item in observation.unreadable:
+            self.log_unreadable(item)
+        actions = self.plan_all(observation)
+        self.log_later(actions)
+        outcome = Outcome(released=True, delta_link=observation.delta.delta_link, window_start=self.window[0].date())
+        actions = self.guard(actions, outcome)
+        if self.first_sync_spent is not None:
+            actions = nearest_first(actions, timezone.now())
+        return actions, outcome
 
     def allowance_spent(self) -> bool:
         """The first syncs' share of today's Raynet budget is used up (a create may pass it by its own cost)."""
@@ -243,18 +248,25 @@ class MappingSync:
             self.applier.discard_prepared()
 
     def apply_each(self, actions: list[Action], outcome: Outcome) -> None:
-        for number, action in enumerate(actions):
-            if number % BATCH_SIZE == 0:
-                batch = actions[number : number + BATCH_SIZE]
-                if self.allowance_spent():
-                    batch = [a for a in batch if a.kind != Kind.CREATE_IN_RAYNET]
-                self.applier.prepare_creates(batch)
+        """Batch by batch, taking each batch out of `actions`: what a batch read (events, records) is let go
+        once it is carried out, so a first sync never holds all of both calendars to its end."""
+        while actions:
+            batch = actions[:BATCH_SIZE]
+            del actions[:BATCH_SIZE]
+            if not self.apply_batch(batch, outcome):
+                return
+
+    def apply_batch(self, batch: list[Action], outcome: Outcome) -> bool:
+        """Carry out one batch; False when the run stops here (its deadline, or a wait longer than it has)."""
+        creates = [a for a in batch if a.kind != Kind.CREATE_IN_RAYNET] if self.allowance_spent() else batch
+        self.applier.prepare_creates(creates)
+        for action in batch:
             if action.kind == Kind.NOTHING:
                 continue
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 outcome.released, outcome.stopped_at_deadline = False, True
                 self.log.record("stopped", Reason.DEADLINE_REACHED, {"seconds": settings.SYNC_RUN_DEADLINE})
-                return
+                return False
             if action.kind == Kind.CREATE_IN_RAYNET and self.allowance_spent():
                 outcome.deferred += 1  # made when the next whole-window read finds it, on a day with budget
                 continue
@@ -268,7 +280,7 @@ class MappingSync:
                 if self.must_wait(error):
                     outcome.released = False
                     outcome.not_before = timezone.now() + timedelta(seconds=error.retry_after)
-                    return
+                    return False
                 # Past the cursors, a change comes back only when they stay put; a failed create needs no
                 # such help: its saved intent link is finished by the next run. A rejected change would
                 # fail again: it waits for the next edit or the next full read, not for every run.
@@ -277,6 +289,7 @@ class MappingSync:
             except Exception as error:  # one item's data, not the run's: it is logged and skipped
                 logger.warning("could not apply %s: %r", action.kind, error, exc_info=True)
                 self.log_unreadable(pair_unreadable(action.pair, error), link=action.pair.link)
+        return True
 
     def must_wait(self, error: ProviderError) -> bool:
         """A Retry-After longer than the run has left: the mapping waits, the run never sleeps through it."""
