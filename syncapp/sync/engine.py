@@ -45,6 +45,12 @@ from syncapp.sync.runlog import RunLog
 
 logger = logging.getLogger("syncapp.sync")
 
+# Interrupted creates and held deletions, built once: every run (an idle one too) asks, and most of the
+# query's cost is Django building its filter, not PostgreSQL answering it.
+UNFINISHED_LINKS = EventLink.objects.filter(
+    Q(outlook_event_id=None) | Q(raynet_id=None) | ~Q(held_gone=""), state=ACTIVE
+)
+
 
 @dataclass
 class Outcome:
@@ -114,8 +120,7 @@ class MappingSync:
         self.raynet_spent_before = 0
         # What the run needs before it reads: interrupted creates and held deletions. The rest is loaded by
         # the observer, all of it for a whole-window read, else only what the changes touch (load_links).
-        unfinished = Q(outlook_event_id=None) | Q(raynet_id=None) | ~Q(held_gone="")
-        links = list(EventLink.objects.filter(unfinished, mapping=self.mapping, state=ACTIVE))
+        links = list(UNFINISHED_LINKS.filter(mapping_id=self.mapping.pk))
         self.applier = Applier(
             mapping=self.mapping,
             policy=self.policy,
