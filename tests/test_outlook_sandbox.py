@@ -190,6 +190,20 @@ def test_a_repeated_transaction_id_returns_the_first_event(sandbox, alice, graph
     assert len(sandbox.events(alice)) == 1
 
 
+def test_a_transaction_id_is_per_mailbox_and_free_again_once_its_event_is_deleted(sandbox, alice, bob, graph):
+    body = {"subject": "Once", "start": graph_time(at(3, 2)), "end": graph_time(at(3, 2, 10)), "transactionId": "t-1"}
+    first = graph("POST", f"users/{alice}/events", json=body).json()
+    bobs = graph("POST", f"users/{bob}/events", json=body).json()
+
+    graph("DELETE", f"users/{alice}/events/{first['id']}")
+    again = graph("POST", f"users/{alice}/events", json=body).json()
+
+    assert bobs["id"] != first["id"]
+    assert again["id"] != first["id"]
+    assert [event["id"] for event in sandbox.events(alice)] == [again["id"]]
+    assert graph("POST", f"users/{alice}/events", json=body).json()["id"] == again["id"]
+
+
 def test_the_extended_property_filter_matches_name_exactly_and_value_ignoring_case(sandbox, alice, graph):
     prop = "String {66f5a359-4659-4830-9070-00040ec6ac6e} Name CrmEventId"
     body = {"subject": "x", "start": graph_time(at(3, 2)), "end": graph_time(at(3, 2, 10))}

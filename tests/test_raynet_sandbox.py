@@ -293,6 +293,27 @@ def test_ext_ids_are_added_looked_up_and_removed(raynet_sandbox, meeting_id):
     assert gone.status_code == 404
 
 
+def test_an_ext_id_removed_or_of_a_deleted_record_can_go_to_another_record(raynet_sandbox, jana, meeting_id):
+    other = raynet_sandbox.ui_create_activity(
+        "meeting", jana, "Tea", MONDAY_9_PRAGUE, MONDAY_9_PRAGUE + timedelta(hours=1)
+    )
+    call("PUT", f"meeting/{meeting_id}/extId/", json={"extId": "outlook:abc"})
+    taken = call("PUT", f"meeting/{other}/extId/", json={"extId": "outlook:abc"})
+    call("DELETE", f"meeting/{meeting_id}/extId/outlook:abc")
+    moved = call("PUT", f"meeting/{other}/extId/", json={"extId": "outlook:abc"})
+    found = call("GET", "meeting/ext/outlook:abc/")
+    call("DELETE", f"meeting/{other}/")
+    gone = call("GET", "meeting/ext/outlook:abc/")
+    given_back = call("PUT", f"meeting/{meeting_id}/extId/", json={"extId": "outlook:abc"})
+
+    assert taken.status_code == 400
+    assert moved.json() == {"success": "true"}
+    assert found.json()["data"]["id"] == other
+    assert gone.status_code == 404
+    assert given_back.json() == {"success": "true"}
+    assert call("GET", "meeting/ext/outlook:abc/").json()["data"]["id"] == meeting_id
+
+
 def test_a_missing_record_is_404(raynet_sandbox):
     assert call("GET", "meeting/999/").status_code == 404
     assert call("DELETE", "event/999/").status_code == 404

@@ -938,6 +938,7 @@ class RaynetSandbox(Sandbox):
             if len(record["extIds"]) >= 10:  # reference §2: "A record can have up to 10"
                 raise BadRequest("A record can have at most 10 extIds")
             record["extIds"].append(ext_id)
+            self._records_by_ext_id(entity)[ext_id] = str(record["id"])
         return SandboxResponse(200, {"success": "true"})  # a string, as the example
 
     def _remove_ext_id(self, call: ApiCall, entity: str, activity_id: str, ext_id: str) -> SandboxResponse:
@@ -946,7 +947,18 @@ class RaynetSandbox(Sandbox):
         return SandboxResponse(200, {"success": "true"})
 
     def _find_by_ext_id(self, entity: str, ext_id: str) -> dict | None:
-        return next((r for r in self.state["records"][entity].values() if ext_id in r["extIds"]), None)
+        record = self.state["records"][entity].get(self._records_by_ext_id(entity).get(ext_id, ""))
+        return record if record is not None and ext_id in record["extIds"] else None
+
+    def _records_by_ext_id(self, entity: str) -> dict[str, str]:
+        """Record ids by extId, as last added: a look-up without reading every record (a first sync of
+        10,000 events made that O(n²)). _find_by_ext_id checks the record still holds it (removed, deleted).
+        Built from the records once for a state stored before it was kept."""
+        index = self.state.setdefault("ext_ids", {})
+        if entity not in index:
+            records = self.state["records"][entity]
+            index[entity] = {ext_id: key for key, record in records.items() for ext_id in record["extIds"]}
+        return index[entity]
 
     # --- webhooks (reference §7) ------------------------------------------------------------------------
     def _api_source(self, user: dict) -> dict:
