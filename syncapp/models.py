@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # Raynet's daily request budget per instance unless the X-Ratelimit-Limit header says otherwise (reference §6).
 RAYNET_DAILY_LIMIT = 24_000
+# A Raynet webhook delivered within this long means deliveries work (RaynetConnection.webhooks_live).
+WEBHOOKS_LIVE_FOR = timedelta(days=1)
 # Raynet requests a first sync spends per event it makes in Raynet, until one has been measured.
 FIRST_SYNC_COST_PER_EVENT = 2.0
 
@@ -182,9 +184,17 @@ class RaynetConnection(ConnectionOutcome):
     webhook_id = models.CharField(max_length=64, blank=True)
     webhook_token = EncryptedSecretField(blank=True)
     webhook_note = models.TextField(blank=True)
+    # When Raynet last delivered a webhook we accepted (any event, our own writes' echoes too): deliveries work.
+    webhook_seen_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Raynet {self.instance_name}"
+
+    def webhooks_live(self, now: datetime) -> bool:
+        """Our webhook is registered and Raynet delivered one within the last day: changes arrive within seconds
+        (Raynet queues and retries them, reference §7), so the poll's listings are only the safety net."""
+        seen = self.webhook_seen_at
+        return bool(self.webhook_id) and seen is not None and now - seen < WEBHOOKS_LIVE_FOR
 
     def is_paused(self) -> bool:
         return self.paused_until is not None and self.paused_until > timezone.now()

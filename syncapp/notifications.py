@@ -213,6 +213,13 @@ def raynet_token_valid(*, organization: Organization, token: str) -> bool:
     return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
 
 
+def raynet_webhook_seen(*, connection: RaynetConnection) -> None:
+    """Raynet delivers our webhook (RaynetConnection.webhooks_live): one UPDATE a minute at most, not one a webhook."""
+    now = timezone.now()
+    stale = RaynetConnection.objects.filter(pk=connection.pk).exclude(webhook_seen_at__gt=now - timedelta(minutes=1))
+    stale.update(webhook_seen_at=now)
+
+
 def raynet_event_accept(*, organization: Organization, payload: dict) -> bool:
     """Queue the sync of the activity's owner for a meeting or event change; False when it is not one of ours.
 

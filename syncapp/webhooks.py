@@ -62,6 +62,7 @@ def raynet_webhook(request: HttpRequest, code) -> HttpResponse:
         organization=organization, token=request.headers.get("X-RAYNETCRM-Token", "")
     ):
         return HttpResponse("Wrong or missing X-RAYNETCRM-Token.", status=403, content_type="text/plain")
+    notifications.raynet_webhook_seen(connection=organization.raynet)
     payload, refusal = read_json(request)
     if refusal:
         return refusal

@@ -292,6 +292,25 @@ def test_an_idle_poll_costs_two_raynet_requests_one_graph_request_and_few_statem
     assert statements[0] == statements[1] <= 15, statements
 
 
+def test_while_raynet_webhooks_are_live_a_poll_that_left_a_change_to_them_does_not_swallow_its_waiting_run(
+    world, queued
+):
+    world.sync()
+    polled(world)
+    run_queued()
+    RaynetConnection.objects.filter(organization=world.org).update(webhook_id="hook-1", webhook_seen_at=timezone.now())
+    world.raynet.ui_create_activity("meeting", world.alice.person_id, "Demo", soon(2), soon(2, 11))
+    jobs.mapping_sync_request(mapping=world.alice.mapping, trigger=SyncRun.Trigger.WEBHOOK)  # its webhook, waiting
+
+    # The poll leaves the meetings' listing to the webhooks (the safety net is not due), so its share says
+    # nothing of the new meeting: Alice's waiting run must not take the share for the whole truth.
+    polled(world)
+    run_queued()
+
+    assert [e["subject"] for e in world.outlook_events(world.alice)] == ["Demo"]
+    assert world.raynet.count("GET", r"^meeting/$") == 2  # the id scan, and Alice's run listing Raynet itself
+
+
 def test_the_poll_asks_a_mailbox_to_check_a_vanished_record_but_not_a_deletion_held_for_the_admin(world, queued):
     world.sync()
     first, second = (

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 import pytest
 from django.utils import timezone
 
-from syncapp.models import ConnectionStatus, SyncLogEntry, SyncRun, UserMapping
+from syncapp.models import ConnectionStatus, RaynetConnection, SyncLogEntry, SyncRun, UserMapping
 from syncapp.providers.raynet import RaynetClient
 from syncapp.sandbox.outlook import GraphSandbox
 from syncapp.sandbox.raynet import RaynetSandbox
@@ -177,6 +177,56 @@ def test_while_the_id_pages_rotate_every_poll_lists_the_changes(world, http_mock
     world.raynet.ui_edit_activity("meeting", ids[0], title="M0, moved")
     world.sync()
     assert "M0, moved" in [e["subject"] for e in world.outlook_events(world.alice)]
+
+
+def webhooks_delivering(world) -> None:
+    """Our Raynet webhook is registered and Raynet delivered one a moment ago (RaynetConnection.webhooks_live)."""
+    RaynetConnection.objects.filter(organization=world.org).update(webhook_id="hook-1", webhook_seen_at=timezone.now())
+
+
+def test_while_raynet_webhooks_are_live_the_poll_lists_only_as_the_safety_net_which_finds_a_lost_change(
+    world, http_mock, monkeypatch, settings
+):
+    monkeypatch.setattr("syncapp.providers.raynet.PAGE_SIZE", 2)
+    an_hour_ago(world)
+    ids = [
+        world.raynet.ui_create_activity("meeting", world.alice.person_id, f"M{n}", soon(2, 8 + n), soon(2, 9 + n))
+        for n in range(5)
+    ]
+    for _poll in range(4):  # the window read, then a whole cycle of the three id pages: the cycle is known
+        world.sync()
+    cursor = refreshed(world.alice.mapping).raynet_cursor
+    webhooks_delivering(world)
+    settings.RAYNET_DELETION_CHECK_SECONDS = 3 * 3600
+    now_in_raynet(world)
+    world.raynet.ui_edit_activity("meeting", ids[0], title="M0, moved")  # its webhook got lost
+
+    # No meeting page is due yet and the webhooks bring the changes: only the events' one page, the deletion
+    # check of a window that fits a page, read every poll. The cursors stay for the safety net's listing.
+    assert polled_listings(world, http_mock) == ["ids"]
+    assert "M0, moved" not in [e["subject"] for e in world.outlook_events(world.alice)]
+    assert refreshed(world.alice.mapping).raynet_cursor == cursor
+
+    settings.RAYNET_DELETION_CHECK_SECONDS = 60  # as if the hour had passed: the safety net is due
+    listings = polled_listings(world, http_mock)
+
+    assert listings.count("ids") == 4 and listings.count("changes") == 1  # every meeting page; their listing
+    assert "M0, moved" in [e["subject"] for e in world.outlook_events(world.alice)]
+    assert refreshed(world.alice.mapping).raynet_cursor > cursor
+
+
+def test_while_raynet_webhooks_are_live_a_window_of_one_page_is_still_checked_for_deletions_every_poll(
+    world, http_mock
+):
+    an_hour_ago(world)
+    meeting_id = world.raynet.ui_create_activity("meeting", world.alice.person_id, "Visit", soon(3, 9), soon(3, 10))
+    world.sync()
+    world.sync()
+    webhooks_delivering(world)
+    world.raynet.ui_delete_activity("meeting", meeting_id)  # its webhook got lost
+
+    assert polled_listings(world, http_mock) == ["ids", "ids"]
+    assert world.outlook_events(world.alice) == []
 
 
 # --- 3. one unreadable item never blocks the mailbox --------------------------------------------

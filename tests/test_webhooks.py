@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
@@ -150,6 +151,27 @@ def test_a_wrong_raynet_token_is_refused_and_nothing_is_queued(world, endpoints)
         reply = Client().post(url, payload, content_type="application/json", headers=headers)
         assert reply.status_code == 403
     assert OrmQ.objects.count() == 0
+
+
+def test_a_delivered_raynet_webhook_marks_the_webhooks_live_and_a_refused_one_does_not(world, endpoints):
+    from django.utils import timezone
+
+    notifications.raynet_webhook_register(organization=world.org)
+    raynet = RaynetConnection.objects.get(organization=world.org)
+    assert not raynet.webhooks_live(timezone.now())  # registered, nothing delivered yet
+    payload = {"type": "record.updated", "source": {"name": "user"}, "data": {"entityName": "Meeting", "entityId": 1}}
+    Client().post(f"/hooks/raynet/{world.org.code}/", payload, content_type="application/json", headers={})
+    raynet.refresh_from_db()
+    assert raynet.webhook_seen_at is None
+
+    world.raynet.ui_create_activity("meeting", world.alice.person_id, "Demo", soon(4), soon(4, 11))
+    assert world.raynet.deliver_webhooks() == 1
+
+    raynet.refresh_from_db()
+    assert raynet.webhooks_live(timezone.now())
+    assert not raynet.webhooks_live(timezone.now() + timedelta(days=2))  # nothing for a day: the poll alone
+    raynet.webhook_id = ""
+    assert not raynet.webhooks_live(timezone.now())
 
 
 def test_a_raynet_deletion_reaches_outlook_through_the_webhook_with_no_poll(world, endpoints):

@@ -10,6 +10,11 @@ hour (RAYNET_DELETION_CHECK_SECONDS); the position is kept on the connection row
 The same rows say when each record was created or last updated, so a poll whose listing read a type's
 whole window also knows whether anything of that type changed there: when nothing did, the type's change
 listing is not needed (TypeScan.unchanged_since), and an idle organization costs one request per type.
+
+While Raynet's webhooks are live (RaynetConnection.webhooks_live), they bring each change and deletion
+within seconds, and the poll is only the safety net for one that got lost: the change listings and the
+rotating id pages are then read only as often as RAYNET_DELETION_CHECK_SECONDS requires (IdScan.listings),
+not on every poll, and the cursors stay at the last listing so that it finds what a lost webhook missed.
 """
 
 from __future__ import annotations
@@ -114,11 +119,18 @@ class IdScan:
                     self._missing.setdefault(mapping_id, []).append((pk, entity, record_id))
         return self._missing
 
-    def unchanged_types(self, since: datetime | None) -> set[str]:
-        """The types whose change listing since `since` this scan makes unnecessary."""
+    def listings(self, since: datetime | None, *, webhooks_live: bool) -> tuple[list[str], bool]:
+        """The types whose change listing since `since` this poll makes, and whether some were left to the
+        webhooks (the cursors must then stay at `since`). Not one a type this scan shows unchanged; with live
+        webhooks, none until the safety net is due."""
         if since is None:
-            return set()
-        return {entity for entity, scan in self.types.items() if scan.unchanged_since(since)}
+            return [], False
+        unsure = [
+            entity for entity in ENTITIES if not (entity in self.types and self.types[entity].unchanged_since(since))
+        ]
+        if unsure and webhooks_live and not safety_net_due(since, self.read_at):
+            return [], True
+        return unsure, False
 
     def misses(self, link: EventLink) -> bool:
         """Whether the listing should have shown the link's record but did not (a deletion, or it moved)."""
@@ -146,22 +158,44 @@ def reported_deleted(*, records: list[tuple[str, int]], read_at: datetime | None
     return scan
 
 
-def scan_raynet_ids(*, raynet: RaynetClient, connection: RaynetConnection, window: tuple[datetime, datetime]) -> IdScan:
+def safety_net_due(last: datetime, now: datetime) -> bool:
+    """Waiting for the next poll would leave what was last read at `last` older than RAYNET_DELETION_CHECK_SECONDS.
+    (The poll's own interval: an organization whose polls are stretched for budget is that much later.)"""
+    return (now - last).total_seconds() + poll_seconds() > settings.RAYNET_DELETION_CHECK_SECONDS
+
+
+def poll_seconds() -> float:
+    return settings.SYNC_POLL_INTERVAL_MINUTES * 60
+
+
+def scan_raynet_ids(
+    *,
+    raynet: RaynetClient,
+    connection: RaynetConnection,
+    window: tuple[datetime, datetime],
+    webhooks_live: bool = False,
+) -> IdScan:
     read_at = timezone.now()
     state = dict(connection.deletion_scan or {})
     scan = IdScan(read_at=read_at)
     for entity in ENTITIES:
-        scan.types[entity], state[entity] = scan_type(raynet, entity, window, state.get(entity) or {}, read_at)
+        scan.types[entity], state[entity] = scan_type(
+            raynet, entity, window, state.get(entity) or {}, read_at, webhooks_live=webhooks_live
+        )
     if state != (connection.deletion_scan or {}):
         connection.deletion_scan = state
         connection.save(update_fields=["deletion_scan"])
     return scan
 
 
-def scan_type(raynet: RaynetClient, entity: str, window, state: dict, read_at: datetime) -> tuple[TypeScan, dict]:
+def scan_type(
+    raynet: RaynetClient, entity: str, window, state: dict, read_at: datetime, *, webhooks_live: bool
+) -> tuple[TypeScan, dict]:
     """Read this poll's share of the pages, from where the last poll stopped; the new position."""
     after, cycle_pages = int(state.get("after") or 0), int(state.get("pages") or 1)
-    pages_now = pages_this_poll(cycle_pages, state.get("at"), read_at)
+    pages_now = pages_this_poll(cycle_pages, state.get("at"), read_at, webhooks_live=webhooks_live)
+    if pages_now == 0:
+        return TypeScan(), state  # covers nothing: no record is taken as missing
     scan, read, pages_in_cycle = TypeScan(), 0, int(state.get("in_cycle") or 0)
     while read < pages_now:
         rows, left = raynet.list_activity_ids(
@@ -184,10 +218,15 @@ def scan_type(raynet: RaynetClient, entity: str, window, state: dict, read_at: d
     return scan, {"after": after, "pages": cycle_pages, "in_cycle": pages_in_cycle, "at": read_at.isoformat()}
 
 
-def pages_this_poll(cycle_pages: int, last_at: str | None, now: datetime) -> int:
-    """Enough pages that a whole cycle takes no longer than RAYNET_DELETION_CHECK_SECONDS at this poll rate."""
+def pages_this_poll(cycle_pages: int, last_at: str | None, now: datetime, *, webhooks_live: bool = False) -> int:
+    """Enough pages that a whole cycle takes no longer than RAYNET_DELETION_CHECK_SECONDS at this poll rate:
+    at least one a poll, or, while the webhooks bring deletions, none until waiting for the next poll would
+    make the cycle late. A window of one page is read every poll (the deletion check on the next poll)."""
     if cycle_pages <= 1 or not last_at:
         return 1
     elapsed = max(1.0, (now - datetime.fromisoformat(last_at)).total_seconds())
+    if webhooks_live:
+        due = cycle_pages * (elapsed + poll_seconds()) / settings.RAYNET_DELETION_CHECK_SECONDS
+        return min(cycle_pages, math.floor(due))
     share = cycle_pages * elapsed / settings.RAYNET_DELETION_CHECK_SECONDS
     return max(1, min(cycle_pages, math.ceil(share)))

@@ -47,7 +47,7 @@ class RaynetListing:
     """One organization-wide read of Raynet for a poll: the changes since the oldest cursor, routed to the
     mailboxes by owner, and the id scan that finds deletions (deletions.py)."""
 
-    read_at: datetime
+    read_at: datetime  # the changes are known up to here: the mailboxes' cursors move here (organization_listing)
     incremental: list[UserMapping]  # the mappings that take their changes from it (the others read the window)
     changes: dict[int | None, list]
     id_scan: IdScan | None
@@ -75,16 +75,19 @@ def organization_listing(
     read_at = timezone.now()
     incremental = [m for m in mappings if not full and not needs_window_read(m)]
     since = min((m.raynet_cursor for m in incremental), default=None)
+    live = raynet.connection.webhooks_live(read_at)
     try:
         window = mappings[0].effective_policy(organization.policy).window()
         # The listings and the id scan share one concurrency slot (two advisory-lock statements, not two each).
         with raynet.session.burst():
             id_scan = (
-                scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window) if incremental else None
+                scan_raynet_ids(raynet=raynet, connection=raynet.connection, window=window, webhooks_live=live)
+                if incremental
+                else None
             )
-            # The id scan first: a type whose whole window it read with nothing changed needs no change listing.
-            unchanged = id_scan.unchanged_types(since) if id_scan else set()
-            changes = fetch_raynet_changes(raynet, since=since, entities=[e for e in ENTITIES if e not in unchanged])
+            # The id scan first: it tells which change listings are needed (deletions.IdScan.listings).
+            entities, left_to_webhooks = id_scan.listings(since, webhooks_live=live) if id_scan else ([], False)
+            changes = fetch_raynet_changes(raynet, since=since, entities=entities)
     except ProviderError:
         raise
     except Exception as exc:
@@ -95,7 +98,11 @@ def organization_listing(
             kind=ErrorKind.TRANSIENT,
             side="raynet",
         ) from exc
-    return RaynetListing(read_at=read_at, incremental=incremental, changes=changes, id_scan=id_scan)
+    # The mailboxes' cursors move to the listing's time, or stay where the last listing left them while the
+    # webhooks bring the changes: the safety net's listing then goes back as far as a lost webhook, and a request
+    # heard since then (a webhook) makes its mailbox list Raynet itself (jobs.mapping_poll_request).
+    known_to = since if left_to_webhooks else read_at
+    return RaynetListing(read_at=known_to, incremental=incremental, changes=changes, id_scan=id_scan)
 
 
 def sync_organization(*, organization: Organization, trigger: str, full: bool = False) -> list[SyncRun]:
