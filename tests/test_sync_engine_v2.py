@@ -3,8 +3,11 @@ lost replies, the failing side, the run deadline, connection status)."""
 
 from __future__ import annotations
 
+import itertools
 import re
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
@@ -15,6 +18,7 @@ from syncapp.providers.raynet import RaynetClient
 from syncapp.sandbox.outlook import GraphSandbox
 from syncapp.sandbox.raynet import RaynetSandbox
 from syncapp.sync import sync_mapping, sync_organization
+from syncapp.sync.apply import BATCH_SIZE
 from tests.sync_fixtures import soon
 
 pytestmark = pytest.mark.django_db
@@ -377,6 +381,32 @@ def test_a_run_that_reaches_its_deadline_stops_between_items_and_the_next_run_co
     settings.SYNC_RUN_DEADLINE = 240
     world.sync()
     assert sorted(e["subject"] for e in world.outlook_events(world.alice)) == ["One", "Two"]
+
+
+def test_a_run_stopped_in_its_second_batch_keeps_what_it_made_and_the_next_run_makes_the_rest_once(world, monkeypatch):
+    for n in range(BATCH_SIZE + 50):
+        start = soon(1 + n // 8, 8 + n % 8)
+        world.raynet.ui_create_activity(
+            "meeting", world.alice.person_id, f"Meeting {n}", start, start + timedelta(minutes=30)
+        )
+    checks = itertools.count()
+    # The engine's clock passes the deadline at its 131st check: the run stops in its second batch of creates,
+    # whose intents were stored before any of its calls.
+    clock = SimpleNamespace(monotonic=lambda: time.monotonic() + (10**6 if next(checks) >= BATCH_SIZE + 30 else 0))
+    monkeypatch.setattr("syncapp.sync.engine.time", clock)
+
+    world.sync()
+
+    assert len(world.outlook_events(world.alice)) == BATCH_SIZE + 30
+    assert world.reasons("stopped")[0].startswith("The run reached its time limit")
+    assert len(world.links(world.alice)) == BATCH_SIZE + 30  # the intents of the creates not reached are dropped
+
+    monkeypatch.undo()
+    world.sync()
+
+    subjects = sorted(event["subject"] for event in world.outlook_events(world.alice))
+    assert subjects == sorted(f"Meeting {n}" for n in range(BATCH_SIZE + 50))
+    assert len(world.links(world.alice)) == BATCH_SIZE + 50
 
 
 def test_a_retry_after_longer_than_the_run_has_left_is_remembered_not_slept_through(world, settings, retry_waits):
