@@ -262,3 +262,34 @@ def test_a_fixed_conflict_winner_always_wins(world, winner):
     assert world.outlook.event(world.alice.mailbox_id, event_id)["subject"] == expected
     assert world.raynet.activity("event", record_id)["title"] == expected
     assert SyncLogEntry.objects.filter(action="conflict").count() == 1
+
+
+@pytest.fixture
+def mapped_users_reads(monkeypatch) -> list[int]:
+    """One item each time a run asks who the organization's mapped users are (a query, once per directory)."""
+    from syncapp.sync.observe import RaynetDirectory
+
+    reads = []
+    real = RaynetDirectory.mapped_organizers
+
+    def counted(directory):
+        reads.append(1)
+        return real.fget(directory)
+
+    monkeypatch.setattr(RaynetDirectory, "mapped_organizers", property(counted))
+    return reads
+
+
+def test_only_a_run_that_meets_an_invitation_asks_who_the_mapped_users_are(world, mapped_users_reads):
+    world.outlook.person_create_event(world.alice.mailbox_id, "Gym", soon(1, 18), soon(1, 19))
+    world.sync()
+    world.sync()
+    assert mapped_users_reads == []  # events the mailboxes organize, then idle runs: nobody else's to check
+
+    world.outlook.person_create_event(
+        world.bob.mailbox_id, "Pipeline review", soon(4, 9), soon(4, 10), attendees=["alice@acme.test"]
+    )
+    world.sync()
+
+    assert mapped_users_reads  # Alice's copy of Bob's invitation: Bob is a mapped user, his mailbox syncs it
+    assert world.reasons("skipped") == ["skipped: synced from the organizer's own mailbox (bob@acme.test)"]

@@ -132,7 +132,6 @@ class Applier:
     log: RunLog
     zone: ZoneInfo
     directory: RaynetDirectory
-    mapped_organizers: frozenset[str]
     # The links the run loaded (pending creates, held deletions, what the observer reads); those it creates
     # are not kept here: nothing reads them after their batch, and a first sync makes tens of thousands.
     links: list[EventLink] = field(default_factory=list)
@@ -340,7 +339,7 @@ class Applier:
         facts = Facts(
             window=f.outlook_times(event),
             mailbox_person_id=self.mapping.raynet_person_id,
-            mapped_organizers=self.mapped_organizers,
+            mapped_organizers=self.directory.mapped_organizers,
             invitation_links={existing[0]: existing[1:]} if existing else {},
             organizer_persons={organizer: self.directory.user_person(organizer)},
         )

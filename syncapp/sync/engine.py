@@ -110,7 +110,6 @@ class MappingSync:
     zone: ZoneInfo
     window: tuple[datetime, datetime]
     directory: RaynetDirectory
-    mapped_organizers: frozenset[str]
     deadline: float | None = None  # a time.monotonic() instant
     # During a mapping's first sync: the Raynet requests first syncs spent today before this run (None: not a
     # first sync, no cap). The cap is read from the connection as the run goes: its limit comes with each answer.
@@ -129,7 +128,6 @@ class MappingSync:
             log=self.log,
             zone=self.zone,
             directory=self.directory,
-            mapped_organizers=self.mapped_organizers,
             links=links,
         )
 
@@ -142,7 +140,6 @@ class MappingSync:
             window=self.window,
             links=self.applier.links,
             directory=self.directory,
-            mapped_organizers=self.mapped_organizers,
             approved=self.mapping.mass_delete_approved,
         )
 

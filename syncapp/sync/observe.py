@@ -88,7 +88,6 @@ class Observer:
     window: tuple[datetime, datetime]
     links: list[EventLink]
     directory: RaynetDirectory
-    mapped_organizers: frozenset[str]
     approved: bool = False  # an admin approved the deletions the mass-delete guard holds back
 
     def __post_init__(self) -> None:
@@ -370,15 +369,17 @@ class Observer:
                 .values_list("ical_uid", "raynet_type", "raynet_id")
             )
             invitation_links = {uid: (kind, rid) for uid, kind, rid in rows}
+        # Only invitations ask who else is a mapped user (plan.owner_of): a run without any makes no query for it.
+        mapped = self.directory.mapped_organizers if invitations else frozenset()
         organizers = {
             email
             for email in (f.outlook_organizer_email(e) for e in invitations if e.get("iCalUId") not in invitation_links)
-            if email and email not in self.mapped_organizers
+            if email and email not in mapped
         }
         return Facts(
             window=self.window,
             mailbox_person_id=self.mapping.raynet_person_id,
-            mapped_organizers=self.mapped_organizers,
+            mapped_organizers=mapped,
             elsewhere=elsewhere,
             invitation_links=invitation_links,
             organizer_persons={email: self.directory.user_person(email) for email in sorted(organizers)},

@@ -363,7 +363,6 @@ def engine_for(mapping, raynet, outlook, log, directory, deadline, *, first_sync
         zone=ZoneInfo(mapping.organization.raynet.timezone),
         window=policy.window(),
         directory=directory,
-        mapped_organizers=directory.mapped_organizers,
         deadline=deadline,
         first_sync_spent=first_sync_spent,
     )
