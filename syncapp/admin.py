@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
+from django.utils import timezone
 
 from syncapp.dashboard import first_sync_outlook, mappings_with_counts
 from syncapp.jobs import mapping_sync_request
@@ -99,12 +100,21 @@ class RaynetConnectionAdmin(ConnectionAdmin):
         "status",
         "rate_limit_remaining",
         "webhook_note",
+        "webhook_seen",
     ]
     list_filter = ["status", "api_base_url"]
     search_fields = ["instance_name", "api_user_email", "organization__name"]
-    exclude = ["api_key"]
-    readonly_fields = ["api_key_masked"]
+    exclude = ["api_key", "webhook_seen_at"]
+    readonly_fields = ["api_key_masked", "webhook_seen"]
     client_class = RaynetClient
+
+    @admin.display(description="Last webhook received")
+    def webhook_seen(self, obj: RaynetConnection) -> str:
+        """Within a day: Raynet delivers, and the poll is only the safety net (RaynetConnection.webhooks_live)."""
+        if obj.webhook_seen_at is None:
+            return "never"
+        live = " (live: the poll is the safety net)" if obj.webhooks_live(timezone.now()) else ""
+        return f"{obj.webhook_seen_at:%Y-%m-%d %H:%M} UTC{live}"
 
     @admin.display(description="API key")
     def api_key_masked(self, obj: RaynetConnection) -> str:

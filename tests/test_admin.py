@@ -212,6 +212,19 @@ def test_the_connection_pages_render_when_a_key_cannot_be_decrypted(staff_client
         get_page(staff_client, admin_url(model, "changelist"))
 
 
+def test_support_sees_when_raynet_last_delivered_a_webhook_and_whether_the_poll_is_only_the_safety_net(
+    staff_client, raynet_connection
+):
+    assert "never" in get_page(staff_client, admin_url(RaynetConnection, "change", raynet_connection.pk))
+    RaynetConnection.objects.filter(pk=raynet_connection.pk).update(
+        webhook_id="hook-1", webhook_seen_at=timezone.now() - timedelta(hours=2)
+    )
+
+    listing = get_page(staff_client, admin_url(RaynetConnection, "changelist"))
+
+    assert "(live: the poll is the safety net)" in listing
+
+
 # --- support actions on connections ------------------------------------------------------------------------
 
 
