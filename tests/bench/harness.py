@@ -168,6 +168,10 @@ class BenchOrg:
             "raynet": self.raynet.count(),
             "raynet_reads": raynet_reads,
             "raynet_writes": self.raynet.count() - raynet_reads,
+            # Reads of one item, apart from the poll's listings (Raynet's change and id listings, Graph's delta):
+            # what a change costs beyond finding it.
+            "raynet_record_reads": self.raynet.count("GET", r"^(meeting|event)/\d+/"),
+            "graph_item_reads": graph_reads - self.outlook.count("GET", r"/calendarView/delta"),
         }
 
 
