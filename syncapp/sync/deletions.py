@@ -121,8 +121,8 @@ class IdScan:
 
     def listings(self, since: datetime | None, *, webhooks_live: bool) -> tuple[list[str], bool]:
         """The types whose change listing since `since` this poll makes, and whether some were left to the
-        webhooks (the cursors must then stay at `since`). Not one a type this scan shows unchanged; with live
-        webhooks, none until the safety net is due."""
+        webhooks (the cursors must then stay at `since`). A type this scan shows unchanged needs none; with
+        live webhooks, none is made until the safety net is due."""
         if since is None:
             return [], False
         unsure = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -187,7 +187,7 @@ def decoded_row(row: dict) -> dict | UnreadableItem:
 
 
 def fetch_raynet_changes(
-    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None, entities=ENTITIES
+    raynet: RaynetClient, *, since: datetime | None, owner_id: int | None = None, entities: Iterable[str] = ENTITIES
 ) -> dict[int | None, list]:
     """Meetings and events (of `entities`) changed since `since`, by owner person id (one listing per type).
 

@@ -163,10 +163,8 @@ class BenchOrg:
         raynet_reads = self.raynet.count("GET")
         return {
             "graph": self.outlook.count(None, r"^v1\.0/"),
-            "graph_reads": graph_reads,
             "graph_writes": self.outlook.count(None, r"^v1\.0/") - graph_reads,
             "raynet": self.raynet.count(),
-            "raynet_reads": raynet_reads,
             "raynet_writes": self.raynet.count() - raynet_reads,
             # Reads of one item, apart from the poll's listings (Raynet's change and id listings, Graph's delta):
             # what a change costs beyond finding it.
